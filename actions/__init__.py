@@ -1,0 +1,1 @@
+"""The steps a playbook composes: contain, collect context, ticket, request approval."""

@@ -1,0 +1,110 @@
+"""Slack: pure Block Kit builders and the post step. Action ids live in one enum.
+
+Every button's value carries only the case id: the click handler looks the case up
+in the state store, so nothing in a (forgeable) payload decides what is revoked.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from actions.collect_context import LayerContext
+from actions.contain import ContainmentResult
+from actions.ticket import clean_text
+from playbooks.classify import Classification
+from playbooks.detection import Detection
+
+
+class ActionId(str, Enum):
+    REVOKE = "revoke_grant"
+    KEEP = "keep_grant"
+    RESTORE = "restore_grant"
+
+
+def escape_mrkdwn(value: object, limit: int = 300) -> str:
+    """Slack's three control characters, so ``<!channel>`` or ``<https://x|y>`` stay text."""
+    text = clean_text(value, limit) or "-"
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _ticket_link(ticket_key: str, ticket_url: str) -> str:
+    if not ticket_key:
+        return "ticket pending"
+    return f"<{ticket_url}|{escape_mrkdwn(ticket_key)}>"
+
+
+def _facts(detection: Detection, classification: Classification, context: LayerContext) -> list[dict]:
+    pinned = sum(1 for c in context.consumers if c.pins_granted_version)
+    facts = [
+        ("Layer", f"`{escape_mrkdwn(detection.layer_version_arn)}`"),
+        ("Granted to", f"`{escape_mrkdwn(detection.principal)}`"
+                       + (f" in org `{escape_mrkdwn(detection.organization_id)}`" if detection.organization_id else "")),
+        ("Severity", f"{classification.severity.value} ({classification.kind.value})"),
+        ("Actor", f"`{escape_mrkdwn(detection.actor.arn)}` ({escape_mrkdwn(detection.actor.type)})"),
+        ("Source IP", escape_mrkdwn(detection.source_ip)),
+        ("User agent", escape_mrkdwn(detection.user_agent, 120)),
+        ("Consumers", f"{len(context.consumers)} function(s), {pinned} pin this version"),
+    ]
+    return [{"type": "mrkdwn", "text": f"*{label}*\n{value}"} for label, value in facts]
+
+
+def approval_text(detection: Detection, classification: Classification) -> str:
+    return (f"LayerGuard: approve or revoke a {classification.kind.value} grant on "
+            f"{escape_mrkdwn(detection.layer_version_arn)}")
+
+
+def approval_blocks(case_id: str, detection: Detection, classification: Classification, context: LayerContext,
+                    ticket_key: str, ticket_url: str) -> list[dict]:
+    return [
+        {"type": "header", "text": {"type": "plain_text", "text": clean_text(
+            f"Lambda layer shared with {classification.kind.value.replace('-', ' ')}: decision needed", 150)}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": escape_mrkdwn(classification.reason, 500)}},
+        {"type": "section", "fields": _facts(detection, classification, context)},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text":
+            f"Case `{escape_mrkdwn(case_id)}` · Ticket {_ticket_link(ticket_key, ticket_url)}"}]},
+        {"type": "actions", "block_id": f"decision:{case_id}", "elements": [
+            {"type": "button", "action_id": ActionId.REVOKE.value, "style": "danger", "value": case_id,
+             "text": {"type": "plain_text", "text": "Revoke grant"},
+             "confirm": {"title": {"type": "plain_text", "text": "Revoke this grant?"},
+                         "text": {"type": "plain_text", "text": "The statement is removed from the layer policy."},
+                         "confirm": {"type": "plain_text", "text": "Revoke"},
+                         "deny": {"type": "plain_text", "text": "Cancel"}}},
+            {"type": "button", "action_id": ActionId.KEEP.value, "value": case_id,
+             "text": {"type": "plain_text", "text": "Keep grant"}},
+        ]},
+    ]
+
+
+def notification_text(detection: Detection, classification: Classification, containment: ContainmentResult | None) -> str:
+    done = {"contained": "removed", "already_contained": "already gone"}.get(
+        containment.status if containment else "", "notified")
+    return (f"LayerGuard: {classification.kind.value} grant on {escape_mrkdwn(detection.layer_version_arn)} "
+            f"— {done}")
+
+
+def notification_blocks(case_id: str, detection: Detection, classification: Classification, context: LayerContext,
+                        containment: ContainmentResult | None, ticket_key: str, ticket_url: str) -> list[dict]:
+    if containment and containment.status == "contained":
+        sids = ", ".join(f"`{escape_mrkdwn(s)}`" for s in containment.removed_sids)
+        headline = f"Public grant removed and verified (statements {sids})."
+    elif containment:
+        headline = "The grant was already gone when LayerGuard checked (verified)."
+    else:
+        headline = "For your information: no action was taken."
+    return [
+        {"type": "header", "text": {"type": "plain_text", "text": clean_text(
+            f"Lambda layer shared: {classification.kind.value.replace('-', ' ')}", 150)}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": headline}},
+        {"type": "section", "fields": _facts(detection, classification, context)},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text":
+            f"Case `{escape_mrkdwn(case_id)}` · Ticket {_ticket_link(ticket_key, ticket_url)}"}]},
+    ]
+
+
+def post_case_message(chat, store, case, channel: str, text: str, blocks: list[dict]):
+    """Post the case's Slack message once; the channel and ts are kept for later updates."""
+    if case.slack_ts:
+        return case
+    posted = chat.post(channel, text, blocks)
+    return store.update_case(case.case_id, slack_channel=posted.channel, slack_ts=posted.ts,
+                             note=f"Slack message {posted.ts} posted in {posted.channel}")

@@ -1,0 +1,1 @@
+"""Side effects live here: one thin module per external system, passed into the playbook."""

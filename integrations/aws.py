@@ -1,0 +1,156 @@
+"""AWS: sessions per account (assume role), and the few Lambda calls LayerGuard makes.
+
+Every call goes through ``aws_retry``; botocore's own retries are off (see retry.py).
+Error codes are interpreted here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import boto3
+import botocore.exceptions
+
+from integrations.retry import BOTOCORE_CONFIG, aws_error_code, aws_retry
+
+NOT_FOUND_CODES = frozenset({"ResourceNotFoundException"})
+STALE_REVISION_CODES = frozenset({"PreconditionFailedException"})
+
+
+class AwsActionError(RuntimeError):
+    """An AWS call LayerGuard needed failed; the message says which and why."""
+
+
+class PolicyChanged(Exception):
+    """The policy's revision id moved between our read and our write."""
+
+
+class StatementAlreadyGone(Exception):
+    """The statement (or the whole policy) no longer exists."""
+
+
+@dataclass(frozen=True)
+class LayerPolicy:
+    statements: tuple[dict, ...] = ()
+    revision_id: str = ""
+    exists: bool = True
+
+
+@dataclass
+class AwsClients:
+    """Builds boto3 clients per (account, region); assumes ``assume_role`` when configured.
+
+    ``session_factory`` follows Cloud Custodian's habit: tests and the CLI decide
+    where credentials come from; actions never construct sessions themselves.
+    """
+
+    assume_role: str = ""
+    external_id: str = ""
+    session_factory: Callable[[], boto3.session.Session] = boto3.session.Session
+    calls: list[str] = field(default_factory=list)
+    _sessions: dict[str, boto3.session.Session] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def lambda_client(self, account_id: str, region: str):
+        return self._session(account_id).client("lambda", region_name=region, config=BOTOCORE_CONFIG)
+
+    def _session(self, account_id: str) -> boto3.session.Session:
+        with self._lock:
+            if account_id in self._sessions:
+                return self._sessions[account_id]
+            base = self.session_factory()
+            session = base
+            if self.assume_role:
+                session = self._assumed(base, self.assume_role.format(account_id=account_id))
+            self._sessions[account_id] = session
+            return session
+
+    def _assumed(self, base: boto3.session.Session, role_arn: str) -> boto3.session.Session:
+        sts = base.client("sts", config=BOTOCORE_CONFIG)
+        kwargs: dict[str, Any] = {"RoleArn": role_arn, "RoleSessionName": "layerguard"}
+        if self.external_id:
+            kwargs["ExternalId"] = self.external_id
+        try:
+            creds = aws_retry(sts.assume_role)(**kwargs)["Credentials"]
+        except botocore.exceptions.ClientError as exc:
+            raise AwsActionError(f"cannot assume {role_arn}: {aws_error_code(exc)}") from exc
+        return boto3.session.Session(
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+        )
+
+
+# ----------------------------------------------------------------------------- Lambda layers
+
+
+@aws_retry
+def get_layer_policy(client, layer_arn: str, version: int) -> LayerPolicy:
+    try:
+        response = client.get_layer_version_policy(LayerName=layer_arn, VersionNumber=version)
+    except botocore.exceptions.ClientError as exc:
+        if aws_error_code(exc) in NOT_FOUND_CODES:
+            # No policy at all, or no such layer version: either way nobody is granted.
+            message = exc.response.get("Error", {}).get("Message", "")
+            return LayerPolicy(exists="policy" in message.lower())
+        raise
+    document = json.loads(response["Policy"])
+    statements = document.get("Statement", [])
+    if isinstance(statements, dict):
+        statements = [statements]
+    return LayerPolicy(tuple(statements), response.get("RevisionId", ""))
+
+
+@aws_retry
+def remove_statement(client, layer_arn: str, version: int, statement_id: str, revision_id: str = "") -> None:
+    kwargs: dict[str, Any] = {"LayerName": layer_arn, "VersionNumber": version, "StatementId": statement_id}
+    if revision_id:
+        kwargs["RevisionId"] = revision_id
+    try:
+        client.remove_layer_version_permission(**kwargs)
+    except botocore.exceptions.ClientError as exc:
+        code = aws_error_code(exc)
+        if code in NOT_FOUND_CODES:
+            raise StatementAlreadyGone(statement_id) from exc
+        if code in STALE_REVISION_CODES:
+            raise PolicyChanged(statement_id) from exc
+        raise
+
+
+@aws_retry
+def add_statement(client, layer_arn: str, version: int, statement_id: str, principal: str,
+                  organization_id: str = "", action: str = "lambda:GetLayerVersion") -> None:
+    kwargs: dict[str, Any] = {"LayerName": layer_arn, "VersionNumber": version, "StatementId": statement_id,
+                              "Action": action, "Principal": principal}
+    if organization_id:
+        kwargs["OrganizationId"] = organization_id
+    client.add_layer_version_permission(**kwargs)
+
+
+@aws_retry
+def get_layer_version(client, layer_arn: str, version: int) -> dict | None:
+    try:
+        response = client.get_layer_version(LayerName=layer_arn, VersionNumber=version)
+    except botocore.exceptions.ClientError as exc:
+        if aws_error_code(exc) in NOT_FOUND_CODES:
+            return None
+        raise
+    response.pop("ResponseMetadata", None)
+    return response
+
+
+def iter_function_configurations(client) -> Iterator[dict]:
+    """Every function configuration in the client's region, published versions included."""
+    marker = None
+    while True:
+        kwargs: dict[str, Any] = {"FunctionVersion": "ALL", "MaxItems": 50}
+        if marker:
+            kwargs["Marker"] = marker
+        page = aws_retry(client.list_functions)(**kwargs)
+        yield from page.get("Functions", [])
+        marker = page.get("NextMarker")
+        if not marker:
+            return

@@ -1,0 +1,93 @@
+"""moto's server, in-process, for the demo and the end-to-end tests.
+
+Two moto (5.x) deviations from AWS on layer policies are corrected here, so that
+LayerGuard's revision-guarded removal is exercised as it runs against AWS:
+- ``RemoveLayerVersionPermission`` passes the RevisionId query parameter as a list,
+  so every guarded removal fails with PreconditionFailed, even a correct one;
+- removing a statement does not move the policy's revision id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+_FIXED = False
+
+
+def apply_moto_fixes() -> None:
+    global _FIXED
+    if _FIXED:
+        return
+    from moto.awslambda import policy as moto_policy
+    from moto.awslambda.responses import LambdaResponse
+    from moto.moto_api._internal import mock_random
+
+    def remove_layer_version_permission(self):
+        layer_name = self._get_param("LayerName")
+        version_number = self._get_param("VersionNumber")
+        statement_id = self.path.split("/")[-1].split("?")[0]
+        revision = (self.querystring.get("RevisionId") or [""])[0]
+        self.backend.get_layer_version(layer_name, version_number)
+        self.backend.remove_layer_version_permission(layer_name, version_number, statement_id, revision)
+        return 204, {"status": 204}, "{}"
+
+    original_del = moto_policy.Policy.del_statement
+
+    def del_statement(self, sid, revision=""):
+        original_del(self, sid, revision)
+        self.revision = str(mock_random.uuid4())
+
+    LambdaResponse.remove_layer_version_permission = remove_layer_version_permission
+    moto_policy.Policy.del_statement = del_statement
+    _FIXED = True
+
+
+class MotoServer:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        from moto.server import ThreadedMotoServer
+
+        apply_moto_fixes()
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+        self.url = ""
+
+    def start(self) -> "MotoServer":
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.url = f"http://{host}:{port}"
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *_):
+        self.stop()
+
+
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@contextlib.contextmanager
+def aws_environment(endpoint_url: str):
+    """Point boto3's default chain at moto for the duration (restores the old values)."""
+    values = dict(FAKE_CREDENTIALS, AWS_ENDPOINT_URL=endpoint_url)
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old

@@ -1,0 +1,158 @@
+"""A tiny threaded HTTP server base shared by the Jira and Slack emulators.
+
+Fault switches (latency, N failures with a status and Retry-After) let tests and
+benchmarks make the services slow or unavailable without touching client code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+    params: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"{}")
+
+    def form_or_json(self) -> dict[str, Any]:
+        content_type = self.headers.get("content-type", "")
+        if "json" in content_type:
+            return self.json()
+        form = {k: v[0] for k, v in parse_qs(self.body.decode()).items()}
+        form.update({k: v[0] for k, v in self.query.items()})
+        return form
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Fault:
+    """Fail the next ``count`` requests with ``status`` (and ``Retry-After``)."""
+
+    count: int
+    status: int = 503
+    retry_after: str = ""
+
+
+Route = tuple[str, re.Pattern, Callable[[Request], Reply]]
+
+
+class HttpEmulator:
+    name = "emulator"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self._routes: list[Route] = []
+        self._lock = threading.RLock()
+        self.latency_seconds = 0.0
+        self.faults: list[Fault] = []
+        self.request_log: list[tuple[float, str, str]] = []
+        emulator = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _handle(self):
+                emulator._dispatch(self)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def route(self, method: str, pattern: str, handler: Callable[[Request], Reply]) -> None:
+        self._routes.append((method, re.compile(f"^{pattern}$"), handler))
+
+    def start(self) -> "HttpEmulator":
+        self._thread = threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *_):
+        self.stop()
+
+    def calls(self, since: float = 0.0) -> int:
+        with self._lock:
+            return sum(1 for at, _, _ in self.request_log if at >= since)
+
+    def authorised(self, request: Request) -> bool:
+        return True
+
+    def _dispatch(self, handler: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(handler.path)
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        request = Request(handler.command, parts.path, parse_qs(parts.query),
+                          {k.lower(): v for k, v in handler.headers.items()}, body)
+        with self._lock:
+            self.request_log.append((time.time(), request.method, request.path))
+            fault = self.faults[0] if self.faults else None
+            if fault:
+                fault.count -= 1
+                if fault.count <= 0:
+                    self.faults.pop(0)
+        if self.latency_seconds:
+            time.sleep(self.latency_seconds)
+        if fault:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            reply = Reply(fault.status, self.error_body(fault.status, "injected fault"), headers)
+        elif not self.authorised(request):
+            reply = Reply(401, self.error_body(401, "not authenticated"))
+        else:
+            reply = self._route(request)
+        payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+        handler.send_response(reply.status)
+        handler.send_header("Content-Type", "application/json;charset=utf-8")
+        handler.send_header("Content-Length", str(len(payload)))
+        for key, value in reply.headers.items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        handler.wfile.write(payload)
+
+    def _route(self, request: Request) -> Reply:
+        for method, pattern, fn in self._routes:
+            match = pattern.match(request.path)
+            if match and method == request.method:
+                request.params = match.groupdict()
+                try:
+                    return fn(request)
+                except (ValueError, KeyError, TypeError) as exc:
+                    return Reply(400, self.error_body(400, f"bad request: {exc}"))
+        return Reply(404, self.error_body(404, f"no route for {request.method} {request.path}"))
+
+    def error_body(self, status: int, message: str) -> Any:
+        return {"error": message}

@@ -1,0 +1,49 @@
+"""Slack through `slack_sdk`: the only module that imports it.
+
+slack_sdk's own retry handlers are switched off; integrations/retry.py owns retries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from integrations.retry import slack_retry
+
+
+class ChatError(RuntimeError):
+    """Slack refused or could not be reached; the message names the method and error."""
+
+
+@dataclass(frozen=True)
+class PostedMessage:
+    channel: str
+    ts: str
+
+
+class SlackChat:
+    def __init__(self, token: str, api_url: str = "https://slack.com/api/", timeout: float = 10.0):
+        from slack_sdk import WebClient
+
+        self._client = WebClient(token=token, base_url=api_url, timeout=int(max(1, timeout)), retry_handlers=[])
+        self.calls = 0
+
+    def _call(self, method: str, **kwargs):
+        from slack_sdk.errors import SlackApiError, SlackRequestError
+
+        self.calls += 1
+        try:
+            return slack_retry(lambda: self._client.api_call(method, json=kwargs))()
+        except SlackApiError as exc:
+            raise ChatError(f"Slack {method} failed: {exc.response.get('error', exc.response.status_code)}") from exc
+        except (SlackRequestError, OSError) as exc:
+            raise ChatError(f"Slack {method} failed: {type(exc).__name__}") from exc
+
+    def post(self, channel: str, text: str, blocks: list[dict], thread_ts: str = "") -> PostedMessage:
+        kwargs = {"channel": channel, "text": text, "blocks": blocks, "unfurl_links": False}
+        if thread_ts:
+            kwargs["thread_ts"] = thread_ts
+        response = self._call("chat.postMessage", **kwargs)
+        return PostedMessage(response["channel"], response["ts"])
+
+    def update(self, channel: str, ts: str, text: str, blocks: list[dict]) -> None:
+        self._call("chat.update", channel=channel, ts=ts, text=text, blocks=blocks)

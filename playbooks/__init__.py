@@ -1,0 +1,1 @@
+"""LayerGuard: respond to Lambda layer versions shared outside their account."""

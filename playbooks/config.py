@@ -1,0 +1,247 @@
+"""config.yaml -> a validated, frozen Config. Every error names the file and the key."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from playbooks.classify import DEFAULT_RESPONSES, Allowlists, GrantKind, Response, Severity
+
+DEFAULT_PRIORITIES = {
+    Severity.CRITICAL: "Highest",
+    Severity.HIGH: "High",
+    Severity.LOW: "Low",
+    Severity.INFO: "Lowest",
+}
+
+
+class ConfigError(ValueError):
+    def __init__(self, source: str, key: str, problem: str):
+        super().__init__(f"{source}: {key}: {problem}")
+        self.source, self.key, self.problem = source, key, problem
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    regions: tuple[str, ...] = ()
+    assume_role: str = ""
+    external_id: str = ""
+
+
+@dataclass(frozen=True)
+class JiraConfig:
+    url: str
+    project: str
+    issue_type: str = "Task"
+    priorities: Mapping[Severity, str] = field(default_factory=lambda: dict(DEFAULT_PRIORITIES))
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class SlackConfig:
+    channel: str
+    api_url: str = "https://slack.com/api/"
+    approvers: tuple[str, ...] = ()
+    timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    aws: AwsConfig
+    allowlists: Allowlists
+    responses: Mapping[GrantKind, Response]
+    jira: JiraConfig
+    slack: SlackConfig
+    state_path: Path
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Credentials from the environment only. repr never shows them."""
+
+    jira_email: str = field(default="", repr=False)
+    jira_api_token: str = field(default="", repr=False)
+    slack_bot_token: str = field(default="", repr=False)
+    slack_signing_secret: str = field(default="", repr=False)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> "Secrets":
+        return cls(
+            jira_email=environ.get("JIRA_EMAIL", ""),
+            jira_api_token=environ.get("JIRA_API_TOKEN", ""),
+            slack_bot_token=environ.get("SLACK_BOT_TOKEN", ""),
+            slack_signing_secret=environ.get("SLACK_SIGNING_SECRET", ""),
+        )
+
+    def values(self) -> list[str]:
+        return [v for v in (self.jira_api_token, self.slack_bot_token, self.slack_signing_secret) if v]
+
+
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+_ACCOUNT = re.compile(r"^\d{12}$")
+_ORG = re.compile(r"^o-[a-z0-9]{10,32}$")
+_SECTIONS = {"aws", "policy", "jira", "slack", "state"}
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(source, "(file)", "no such file") from None
+    except OSError as exc:
+        raise ConfigError(source, "(file)", f"cannot be read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(source, "(file)", f"not valid YAML{where}") from None
+    return parse_config(raw or {}, source, base_dir=path.parent)
+
+
+def parse_config(raw: Any, source: str = "config", base_dir: Path = Path(".")) -> Config:
+    r = _Reader(source)
+    root = r.mapping(raw, "(top level)")
+    r.no_unknown_keys(root, "", _SECTIONS)
+    aws = r.mapping(root.get("aws", {}), "aws")
+    policy = r.mapping(root.get("policy", {}), "policy")
+    jira = r.mapping(root.get("jira"), "jira", required=True)
+    slack = r.mapping(root.get("slack"), "slack", required=True)
+    state = r.mapping(root.get("state", {}), "state")
+    r.no_unknown_keys(aws, "aws", {"regions", "assume_role", "external_id"})
+    r.no_unknown_keys(policy, "policy", {"own_organization_id", "trusted_accounts", "trusted_organizations",
+                                          "trusted_layers", "response"})
+    r.no_unknown_keys(jira, "jira", {"url", "project", "issue_type", "priorities", "timeout_seconds"})
+    r.no_unknown_keys(slack, "slack", {"api_url", "channel", "approvers", "timeout_seconds"})
+    r.no_unknown_keys(state, "state", {"path"})
+
+    assume_role = r.text(aws, "aws.assume_role", default="")
+    if assume_role and "{account_id}" not in assume_role:
+        raise ConfigError(source, "aws.assume_role", "must contain {account_id}, e.g. arn:aws:iam::{account_id}:role/LayerGuardResponder")
+
+    own_org = r.text(policy, "policy.own_organization_id", default="")
+    if own_org and not _ORG.match(own_org):
+        raise ConfigError(source, "policy.own_organization_id", f"{own_org!r} is not an organization id (o-xxxxxxxxxx)")
+
+    responses = dict(DEFAULT_RESPONSES)
+    for kind_name, value in r.mapping(policy.get("response", {}), "policy.response").items():
+        key = f"policy.response.{kind_name}"
+        try:
+            kind = GrantKind(kind_name)
+        except ValueError:
+            raise ConfigError(source, key, "unknown grant kind; use one of "
+                              + ", ".join(k.value for k in DEFAULT_RESPONSES)) from None
+        if kind is GrantKind.TRUSTED:
+            raise ConfigError(source, key, "trusted grants need no response")
+        try:
+            responses[kind] = Response(value)
+        except ValueError:
+            raise ConfigError(source, key, f"{value!r} is not one of revoke, approve, notify") from None
+
+    priorities = dict(DEFAULT_PRIORITIES)
+    for severity_name, value in r.mapping(jira.get("priorities", {}), "jira.priorities").items():
+        try:
+            priorities[Severity(severity_name)] = r.text({"v": value}, f"jira.priorities.{severity_name}", key="v")
+        except ValueError:
+            raise ConfigError(source, f"jira.priorities.{severity_name}",
+                              "unknown severity; use critical, high, low or info") from None
+
+    jira_url = r.text(jira, "jira.url", required=True)
+    if not re.match(r"^https?://", jira_url):
+        raise ConfigError(source, "jira.url", f"{jira_url!r} is not an http(s) URL")
+    slack_api = r.text(slack, "slack.api_url", default="https://slack.com/api/")
+    if not re.match(r"^https?://", slack_api):
+        raise ConfigError(source, "slack.api_url", f"{slack_api!r} is not an http(s) URL")
+
+    state_path = Path(r.text(state, "state.path", default="layerguard.sqlite"))
+    if not state_path.is_absolute():
+        state_path = base_dir / state_path
+
+    return Config(
+        source=source,
+        aws=AwsConfig(
+            regions=tuple(r.pattern_list(aws, "aws.regions", _REGION, "a region such as eu-west-1")),
+            assume_role=assume_role,
+            external_id=r.text(aws, "aws.external_id", default=""),
+        ),
+        allowlists=Allowlists(
+            own_organization_id=own_org,
+            trusted_accounts=frozenset(r.pattern_list(policy, "policy.trusted_accounts", _ACCOUNT, "a 12-digit account id")),
+            trusted_organizations=frozenset(r.pattern_list(policy, "policy.trusted_organizations", _ORG, "an organization id (o-...)")),
+            trusted_layers=tuple(r.pattern_list(policy, "policy.trusted_layers", re.compile(r".+"), "a glob")),
+        ),
+        responses=responses,
+        jira=JiraConfig(
+            url=jira_url.rstrip("/"),
+            project=r.text(jira, "jira.project", required=True),
+            issue_type=r.text(jira, "jira.issue_type", default="Task"),
+            priorities=priorities,
+            timeout_seconds=r.number(jira, "jira.timeout_seconds", default=10.0),
+        ),
+        slack=SlackConfig(
+            channel=r.text(slack, "slack.channel", required=True),
+            api_url=slack_api if slack_api.endswith("/") else slack_api + "/",
+            approvers=tuple(r.pattern_list(slack, "slack.approvers", re.compile(r"^[UW][A-Z0-9]{2,}$"), "a Slack user id such as U012AB3CD")),
+            timeout_seconds=r.number(slack, "slack.timeout_seconds", default=10.0),
+        ),
+        state_path=state_path,
+    )
+
+
+class _Reader:
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, key, problem)
+
+    def mapping(self, value: Any, key: str, required: bool = False) -> dict:
+        if value is None:
+            if required:
+                raise self.fail(key, "missing (required section)")
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a mapping, got {type(value).__name__}")
+        return value
+
+    def no_unknown_keys(self, mapping: dict, prefix: str, known: set[str]) -> None:
+        for name in mapping:
+            if name not in known:
+                key = f"{prefix}.{name}" if prefix else str(name)
+                raise self.fail(key, "unknown key (allowed: " + ", ".join(sorted(known)) + ")")
+
+    def text(self, mapping: dict, dotted: str, default: str | None = None, required: bool = False, key: str | None = None) -> str:
+        value = mapping.get(key or dotted.rsplit(".", 1)[-1])
+        if value is None or value == "":
+            if required:
+                raise self.fail(dotted, "missing (required)")
+            return default or ""
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise self.fail(dotted, f"must be text, got {type(value).__name__}")
+        return str(value).strip()
+
+    def number(self, mapping: dict, dotted: str, default: float) -> float:
+        value = mapping.get(dotted.rsplit(".", 1)[-1], default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise self.fail(dotted, f"must be a positive number, got {value!r}")
+        return float(value)
+
+    def pattern_list(self, mapping: dict, dotted: str, pattern: re.Pattern, what: str) -> list[str]:
+        value = mapping.get(dotted.rsplit(".", 1)[-1]) or []
+        if not isinstance(value, list):
+            raise self.fail(dotted, f"must be a list, got {type(value).__name__}")
+        items = []
+        for index, item in enumerate(value):
+            text = str(item).strip() if isinstance(item, (str, int)) and not isinstance(item, bool) else None
+            if not text or not pattern.match(text):
+                raise self.fail(f"{dotted}[{index}]", f"{item!r} is not {what}")
+            items.append(text)
+        return items

@@ -1,0 +1,211 @@
+"""The playbook: a Lambda layer version was shared outside its account.
+
+Read top to bottom, it follows the seed rule's guide:
+  1. classify the grant (public, organization, cross-account, same-account, trusted);
+  2. record the case locally, so a crash loses nothing;
+  3. contain public grants at once: only AWS is called before the grant is gone;
+  4. collect context: the layer version, its whole policy, the functions that use it;
+  5. open (or update) the case's one Jira ticket;
+  6. post to Slack: an approval request with Revoke/Keep buttons, or a notification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from actions.approval import (approval_blocks, approval_text, notification_blocks, notification_text,
+                              post_case_message)
+from actions.collect_context import collect_context
+from actions.contain import ContainmentResult, contain_grant, is_grantee, is_public
+from actions.ticket import open_or_update_ticket, render_repeat_comment, render_ticket
+from integrations.aws import AwsClients
+from integrations.state import Case, StateStore, case_key, new_case_id
+from playbooks.classify import (Classification, GrantKind, LayerRef, Response, classify_grant, grant_from_request,
+                                response_for)
+from playbooks.config import Config
+from playbooks.detection import Detection
+
+
+@dataclass
+class Services:
+    """Everything with a side effect, built by the entry point and passed in."""
+
+    aws: AwsClients
+    store: StateStore | None = None
+    tickets: Any = None  # integrations.jira_client.JiraTickets
+    chat: Any = None  # integrations.slack_client.SlackChat
+
+
+@dataclass(frozen=True)
+class Outcome:
+    event_id: str
+    case_id: str
+    grant: str
+    severity: str
+    decision: str  # contained | already_contained | awaiting_approval | notified | trusted | duplicate | skipped
+    reason: str
+    layer_version_arn: str = ""
+    principal: str = ""
+    removed_statements: list[str] = field(default_factory=list)
+    ticket: str = ""
+    consumers: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    location: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+DECISION_BY_RESPONSE = {Response.APPROVE: "awaiting_approval", Response.NOTIFY: "notified"}
+
+
+def classify_detection(detection: Detection, config: Config) -> tuple[Classification, Response | None]:
+    layer = LayerRef(detection.layer_arn, detection.layer_name, detection.version, detection.layer_account_id)
+    grant = grant_from_request(detection.principal, detection.organization_id)
+    classification = classify_grant(grant, layer, config.allowlists)
+    return classification, response_for(classification.kind, config.responses)
+
+
+def respond(detection: Detection, config: Config, services: Services, dry_run: bool = False) -> Outcome:
+    # 1. Classify (pure).
+    classification, response = classify_detection(detection, config)
+    grant = grant_from_request(detection.principal, detection.organization_id)
+    outcome = Outcome(
+        event_id=detection.event_id, case_id="", grant=classification.kind.value,
+        severity=classification.severity.value, decision="", reason=classification.reason,
+        layer_version_arn=detection.layer_version_arn, principal=detection.principal,
+        dry_run=dry_run, location=detection.location)
+    if config.aws.regions and detection.region not in config.aws.regions:
+        return _with(outcome, decision="skipped",
+                     reason=f"region {detection.region} is not in aws.regions ({', '.join(config.aws.regions)})")
+    target = is_public if classification.kind is GrantKind.PUBLIC else is_grantee(grant.grantee)
+
+    if dry_run:
+        return _preview(detection, services, response, target, outcome)
+
+    # 2. Record the case before acting (local state only).
+    store = services.store
+    case, event_state = _open_case(store, detection, classification, grant.grantee)
+    outcome = _with(outcome, case_id=case.case_id, ticket=case.ticket_key)
+    if event_state == "done":
+        return _with(outcome, decision="duplicate",
+                     reason=f"event {detection.event_id} was already handled in case {case.case_id}")
+    if response is None:
+        store.update_case(case.case_id, status="trusted", note=classification.reason)
+        store.finish_event(detection.event_id)
+        return _with(outcome, decision="trusted")
+
+    # 3. Contain at once: nothing but AWS happens before the grant is gone.
+    lambda_client = services.aws.lambda_client(detection.layer_account_id, detection.region)
+    containment: ContainmentResult | None = None
+    if response is Response.REVOKE:
+        try:
+            containment = contain_grant(lambda_client, detection.layer_arn, detection.version, target)
+        except Exception as exc:
+            store.update_case(case.case_id, status="failed", note=f"containment failed: {exc}")
+            return _with(outcome, decision="failed", errors=[f"containment failed: {exc}"])
+        case = store.update_case(
+            case.case_id, status=containment.status,
+            removed_statements=case.removed_statements + containment.removed,
+            note=f"{containment.status}: removed {', '.join(containment.removed_sids) or 'nothing'}")
+        outcome = _with(outcome, decision=containment.status, removed_statements=containment.removed_sids)
+    else:
+        outcome = _with(outcome, decision=DECISION_BY_RESPONSE[response])
+
+    # 4. Collect context (read-only, best effort).
+    context = collect_context(lambda_client, detection.layer_arn, detection.version)
+    outcome = _with(outcome, consumers=context.consumer_arns)
+
+    # 5. + 6. The ticket, then Slack; either failing leaves the event open for a retry.
+    errors: list[str] = []
+    try:
+        case = _ticket_step(services, config, case, detection, classification, response, containment, context,
+                            resumed=event_state == "in_progress")
+        outcome = _with(outcome, ticket=case.ticket_key)
+    except Exception as exc:
+        errors.append(str(exc))
+        store.update_case(case.case_id, note=f"ticket step failed: {exc}")
+    try:
+        case = _slack_step(services, config, case, detection, classification, response, containment, context)
+    except Exception as exc:
+        errors.append(str(exc))
+        store.update_case(case.case_id, note=f"Slack step failed: {exc}")
+    if response is not Response.REVOKE and case.status != outcome.decision:
+        case = store.update_case(case.case_id, status=outcome.decision, note=f"{outcome.decision}")
+    if errors:
+        return _with(outcome, errors=errors)
+    store.finish_event(detection.event_id)
+    return outcome
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _open_case(store: StateStore, detection: Detection, classification: Classification,
+               grantee: str) -> tuple[Case, str]:
+    """The case this event belongs to, and whether the event is new, in progress or done."""
+    seen = store.event_status(detection.event_id)
+    if seen:
+        case = store.get_case(seen[0])
+        if case is not None:
+            return case, seen[1]
+    candidate = Case(
+        case_id=new_case_id(), case_key=case_key(detection.layer_version_arn, grantee),
+        layer_version_arn=detection.layer_version_arn, grantee=grantee,
+        grant_kind=classification.kind.value, severity=classification.severity.value,
+        detection=_detection_record(detection))
+    case, _created = store.open_case(candidate)
+    owner = store.claim_event(detection.event_id, case.case_id)
+    if owner != case.case_id:  # another process claimed this event first
+        case = store.get_case(owner) or case
+        return case, (store.event_status(detection.event_id) or (owner, "in_progress"))[1]
+    return case, "new"
+
+
+def _ticket_step(services, config, case, detection, classification, response, containment, context, resumed):
+    if services.tickets is None or (resumed and case.ticket_key):
+        return case
+    fields = render_ticket(case.case_id, detection, classification, response, containment, context,
+                           config.jira.priorities)
+    return open_or_update_ticket(services.tickets, services.store, case, fields,
+                                 render_repeat_comment(detection, containment))
+
+
+def _slack_step(services, config, case, detection, classification, response, containment, context):
+    if services.chat is None:
+        return case
+    ticket_url = services.tickets.browse_url(case.ticket_key) if services.tickets and case.ticket_key else ""
+    if response is Response.APPROVE:
+        text = approval_text(detection, classification)
+        blocks = approval_blocks(case.case_id, detection, classification, context, case.ticket_key, ticket_url)
+    else:
+        text = notification_text(detection, classification, containment)
+        blocks = notification_blocks(case.case_id, detection, classification, context, containment,
+                                     case.ticket_key, ticket_url)
+    return post_case_message(services.chat, services.store, case, config.slack.channel, text, blocks)
+
+
+def _preview(detection: Detection, services: Services, response: Response | None, target,
+             outcome: Outcome) -> Outcome:
+    """--dry-run: read-only AWS calls, nothing written anywhere."""
+    if response is None:
+        return _with(outcome, decision="trusted")
+    lambda_client = services.aws.lambda_client(detection.layer_account_id, detection.region)
+    context = collect_context(lambda_client, detection.layer_arn, detection.version)
+    if response is Response.REVOKE:
+        preview = contain_grant(lambda_client, detection.layer_arn, detection.version, target, dry_run=True)
+        decision = "contained" if preview.status == "would_contain" else preview.status
+        return _with(outcome, decision=decision, removed_statements=preview.removed_sids,
+                     consumers=context.consumer_arns,
+                     reason=f"{outcome.reason} (dry run: would remove {', '.join(preview.removed_sids) or 'nothing'})")
+    return _with(outcome, decision=DECISION_BY_RESPONSE[response], consumers=context.consumer_arns)
+
+
+def _detection_record(detection: Detection) -> dict:
+    return asdict(detection)
+
+
+def _with(outcome: Outcome, **changes) -> Outcome:
+    return replace(outcome, **changes)

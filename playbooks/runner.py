@@ -1,0 +1,92 @@
+"""The runner: reads every input first (pure), then runs the playbook per detection.
+
+Bad documents are reported by location and field, but never stop the good
+detections in the same batch from being contained. Exit codes: 0 done, 1 a
+failure while acting (the case stays recorded; run again to resume), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterable
+
+from playbooks.config import Config
+from playbooks.detection import Detection, IntakeError, Skipped, detections_from_document, read_documents
+from playbooks.layer_exposure import Outcome, Services, respond
+
+EXIT_OK, EXIT_ACTION_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class Intake:
+    items: list[Detection | Skipped] = field(default_factory=list)
+    errors: list[IntakeError] = field(default_factory=list)
+
+
+@dataclass
+class RunReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+    intake_errors: list[IntakeError] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if any(o.errors for o in self.outcomes):
+            return EXIT_ACTION_FAILED
+        if self.intake_errors:
+            return EXIT_BAD_INPUT
+        return EXIT_OK
+
+
+def read_input(paths: Iterable[str], stdin: BinaryIO | None = None) -> Intake:
+    intake = Intake()
+    for path in paths:
+        try:
+            data = _read_bytes(path, stdin)
+            for document in read_documents(data, "<stdin>" if path == "-" else path):
+                try:
+                    intake.items.extend(detections_from_document(document))
+                except IntakeError as exc:
+                    intake.errors.append(exc)
+        except IntakeError as exc:
+            intake.errors.append(exc)
+    return intake
+
+
+def _read_bytes(path: str, stdin: BinaryIO | None) -> bytes:
+    if path == "-":
+        data = (stdin or sys.stdin.buffer).read(MAX_INPUT_BYTES + 1)
+    else:
+        try:
+            with Path(path).open("rb") as handle:
+                data = handle.read(MAX_INPUT_BYTES + 1)
+        except FileNotFoundError:
+            raise IntakeError(path, "no such file") from None
+        except IsADirectoryError:
+            raise IntakeError(path, "is a directory, not a file") from None
+        except OSError as exc:
+            raise IntakeError(path, f"cannot be read: {exc.strerror}") from None
+    if len(data) > MAX_INPUT_BYTES:
+        raise IntakeError("<stdin>" if path == "-" else path, f"larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
+    return data
+
+
+def run(intake: Intake, config: Config, services: Services, dry_run: bool = False) -> RunReport:
+    report = RunReport(intake_errors=list(intake.errors))
+    for item in intake.items:
+        if isinstance(item, Skipped):
+            report.outcomes.append(Outcome(event_id=item.event_id, case_id="", grant="", severity="",
+                                           decision="skipped", reason=item.reason, location=item.location,
+                                           dry_run=dry_run))
+            continue
+        try:
+            report.outcomes.append(respond(item, config, services, dry_run=dry_run))
+        except Exception as exc:  # one failing detection must not stop the others
+            report.outcomes.append(Outcome(
+                event_id=item.event_id, case_id="", grant="", severity="", decision="failed",
+                reason="the playbook failed", layer_version_arn=item.layer_version_arn,
+                principal=item.principal, errors=[f"{type(exc).__name__}: {exc}"],
+                dry_run=dry_run, location=item.location))
+    return report
