@@ -21,7 +21,8 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 AWS_THROTTLING_CODES = frozenset({
@@ -72,7 +73,7 @@ def _parse_retry_after(value: Any) -> float | None:
 
 aws_retry = retry(
     retry=retry_if_exception(_aws_retryable),
-    wait=wait_exponential_jitter(initial=0.2, max=5),
+    wait=wait_exponential(multiplier=0.2, max=5) + wait_random(0, 0.2),
     stop=stop_after_attempt(6) | stop_after_delay(30),
     reraise=True,
 )
@@ -101,7 +102,7 @@ def _jira_retry_after(exc: BaseException) -> float | None:
 
 jira_retry = retry(
     retry=retry_if_exception(_jira_retryable),
-    wait=_retry_after_or_backoff(_jira_retry_after, wait_exponential_jitter(initial=0.5, max=10)),
+    wait=_retry_after_or_backoff(_jira_retry_after, wait_exponential(multiplier=0.5, max=10) + wait_random(0, 0.5)),
     stop=stop_after_attempt(4) | stop_after_delay(60),
     reraise=True,
 )
@@ -129,7 +130,7 @@ def _slack_retry_after(exc: BaseException) -> float | None:
 
 slack_retry = retry(
     retry=retry_if_exception(_slack_retryable),
-    wait=_retry_after_or_backoff(_slack_retry_after, wait_exponential_jitter(initial=0.5, max=10)),
+    wait=_retry_after_or_backoff(_slack_retry_after, wait_exponential(multiplier=0.5, max=10) + wait_random(0, 0.5)),
     stop=stop_after_attempt(4) | stop_after_delay(60),
     reraise=True,
 )
