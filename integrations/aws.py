@@ -50,12 +50,18 @@ class AwsClients:
     assume_role: str = ""
     external_id: str = ""
     session_factory: Callable[[], boto3.session.Session] = boto3.session.Session
-    calls: list[str] = field(default_factory=list)
+    _clients: dict[str, Any] = field(default_factory=dict)
     _sessions: dict[str, boto3.session.Session] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def lambda_client(self, account_id: str, region: str):
-        return self._session(account_id).client("lambda", region_name=region, config=BOTOCORE_CONFIG)
+        """One client per (account, region), reused: building a client costs more than a call."""
+        key = f"{account_id}/{region}"
+        client = self._clients.get(key)
+        if client is None:
+            client = self._session(account_id).client("lambda", region_name=region, config=BOTOCORE_CONFIG)
+            self._clients[key] = client
+        return client
 
     def _session(self, account_id: str) -> boto3.session.Session:
         with self._lock:

@@ -62,6 +62,12 @@ class MotoServer:
     def stop(self) -> None:
         self._server.stop()
 
+    def reset(self) -> None:
+        """Forget every resource (moto's backends are per process, not per server)."""
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=10).read()
+
     def __enter__(self):
         return self.start()
 

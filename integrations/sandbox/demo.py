@@ -77,7 +77,7 @@ def run_demo(out: TextIO) -> int:
                         say(f"    button '{button['text']['text']}' action_id={button['action_id']} value={button['value']}")
 
             say("\n6. Replaying the same detections changes nothing:")
-            cli_main(["respond", str(detections), "--config", str(config), "--json"], stdout=out)
+            cli_main(["respond", str(detections), "--config", str(config)], stdout=out)
             say(f"\n   tickets: {len(world.jira.issues)}, Slack messages: "
                 f"{sum(len(m) for m in world.slack.messages.values())}")
             say("\n7. Cases:")

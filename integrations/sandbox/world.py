@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
+import yaml
 
 from integrations.sandbox.aws_server import FAKE_CREDENTIALS, MotoServer, aws_environment
 from integrations.sandbox.jira_emulator import JiraEmulator
@@ -44,6 +45,7 @@ class SandboxWorld:
 
     def start(self) -> "SandboxWorld":
         self.moto.start()
+        self.moto.reset()
         self.jira.start()
         self.slack.start()
         self._env = aws_environment(self.moto.url)
@@ -71,28 +73,17 @@ class SandboxWorld:
     def environment(self) -> dict[str, str]:
         return dict(FAKE_CREDENTIALS, AWS_ENDPOINT_URL=self.moto.url, **SANDBOX_SECRETS)
 
-    def write_config(self, extra_policy: str = "", name: str = "config.yaml") -> Path:
+    def write_config(self, name: str = "config.yaml", **policy) -> Path:
+        """A config pointing at this world's emulators; keyword arguments go under ``policy``."""
+        config = {
+            "aws": {"regions": [REGION]},
+            "policy": {"own_organization_id": "o-ourorg1234", **policy},
+            "jira": {"url": self.jira.url, "project": "SEC", "issue_type": "Task"},
+            "slack": {"api_url": self.slack.api_url, "channel": "#security-alerts", "approvers": ["U0APPROVER"]},
+            "state": {"path": str(self.state_path)},
+        }
         path = self.workdir / name
-        path.write_text(f"""\
-aws:
-  regions: [{REGION}]
-policy:
-  own_organization_id: o-ourorg1234
-  trusted_accounts: []
-  trusted_organizations: []
-  trusted_layers: []
-{extra_policy}
-jira:
-  url: {self.jira.url}
-  project: SEC
-  issue_type: Task
-slack:
-  api_url: {self.slack.api_url}
-  channel: "#security-alerts"
-  approvers: [U0APPROVER]
-state:
-  path: {self.state_path}
-""")
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
     # -- AWS

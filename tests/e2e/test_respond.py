@@ -1,0 +1,203 @@
+"""`layerguard respond` end to end: the grant, the ticket, the Slack message, the state file."""
+
+import json
+import os
+import subprocess
+import sys
+
+from integrations.sandbox.http_emulator import Fault
+from integrations.sandbox.world import PARTNER_ACCOUNT_ID, cloudtrail_record
+from integrations.state import SQLiteStateStore
+from tests.e2e.conftest import LAYER, buttons, respond, slack_messages, write_detections
+
+ACTOR = "arn:aws:iam::123456789012:user/dev-alice"
+
+
+def test_public_grant_is_removed_verified_ticketed_and_announced(world, tmp_path):
+    path = write_detections(tmp_path / "d.json", cloudtrail_record(
+        LAYER, 1, "*", "public-share", source_ip="198.51.100.23", user_agent="aws-cli/2.17.60 [evil|http://x]"))
+    code, [outcome] = respond(world, path)
+
+    assert code == 0
+    assert outcome["decision"] == "contained" and outcome["grant"] == "public"
+    assert outcome["removed_statements"] == ["public-share"]
+    # The grant is gone from the layer policy; the partner's is untouched.
+    assert [s["Sid"] for s in world.policy_statements(LAYER, 1)] == ["partner-share"]
+
+    # One ticket, with actor, IP, user agent (escaped) and consumers.
+    [(key, issue)] = world.jira.issues.items()
+    assert outcome["ticket"] == key
+    fields = issue["fields"]
+    assert fields["priority"]["name"] == "Highest"
+    assert {"layerguard", "public", "T1648", "T1578.005"} <= set(fields["labels"])
+    assert ACTOR in fields["description"]
+    assert "198.51.100.23" in fields["description"]
+    assert r"\[evil\|http\[:\]//x\]" in fields["description"]
+    assert "function:checkout-api:1" in fields["description"]
+    assert "Removed statement public-share" in fields["description"]
+
+    # A notification (no buttons) linking the ticket.
+    [message] = slack_messages(world)
+    assert buttons(message) == []
+    assert f"/browse/{key}|{key}>" in json.dumps(message["blocks"])
+    assert sorted(outcome["consumers"]) == sorted([
+        "arn:aws:lambda:us-east-1:123456789012:function:checkout-api:$LATEST",
+        "arn:aws:lambda:us-east-1:123456789012:function:checkout-api:1"])
+
+    # The state file holds the case, the ticket, the message and the removed statement verbatim.
+    [case] = SQLiteStateStore(world.state_path).list_cases()
+    assert (case.status, case.ticket_key, case.slack_ts) == ("contained", key, message["ts"])
+    assert case.removed_statements[0]["Sid"] == "public-share"
+    assert case.removed_statements[0]["Principal"] == "*"
+
+
+def test_cross_account_grant_waits_for_approval_with_both_buttons(world, tmp_path):
+    path = write_detections(tmp_path / "d.json", cloudtrail_record(LAYER, 1, PARTNER_ACCOUNT_ID, "partner-share"))
+    code, [outcome] = respond(world, path)
+
+    assert code == 0
+    assert (outcome["decision"], outcome["grant"]) == ("awaiting_approval", "cross-account")
+    assert {s["Sid"] for s in world.policy_statements(LAYER, 1)} == {"public-share", "partner-share"}
+    [message] = slack_messages(world)
+    assert [(b["action_id"], b["value"]) for b in buttons(message)] == [
+        ("revoke_grant", outcome["case_id"]), ("keep_grant", outcome["case_id"])]
+    assert world.jira.issues[outcome["ticket"]]["fields"]["priority"]["name"] == "High"
+    [case] = SQLiteStateStore(world.state_path).list_cases()
+    assert case.status == "awaiting_approval"
+
+
+def test_replayed_detection_makes_no_second_ticket_revoke_or_message(world, tmp_path):
+    record = cloudtrail_record(LAYER, 1, "*", "public-share")
+    path = write_detections(tmp_path / "d.json", record)
+    respond(world, path)
+    world.grant(LAYER, 1, "public-share", "*")  # if the replay acted, this would be removed
+
+    code, [outcome] = respond(world, path)
+    assert code == 0 and outcome["decision"] == "duplicate"
+    assert len(world.jira.issues) == 1
+    assert len(slack_messages(world)) == 1
+    assert "public-share" in {s["Sid"] for s in world.policy_statements(LAYER, 1)}
+
+
+def test_new_detection_of_an_open_case_re_contains_and_comments(world, tmp_path):
+    respond(world, write_detections(tmp_path / "a.json", cloudtrail_record(LAYER, 1, "*", "public-share")))
+    world.grant(LAYER, 1, "public-share-again", "*")
+    code, [outcome] = respond(world, write_detections(
+        tmp_path / "b.json", cloudtrail_record(LAYER, 1, "*", "public-share-again")))
+
+    assert code == 0 and outcome["decision"] == "contained"
+    assert outcome["removed_statements"] == ["public-share-again"]
+    [(key, issue)] = world.jira.issues.items()
+    assert outcome["ticket"] == key
+    comments = issue["fields"]["comment"]["comments"]
+    assert len(comments) == 1 and "Repeat detection" in comments[0]["body"]
+    assert len(slack_messages(world)) == 1
+
+
+def test_dry_run_changes_nothing(world, tmp_path):
+    path = write_detections(tmp_path / "d.json", cloudtrail_record(LAYER, 1, "*", "public-share"),
+                            cloudtrail_record(LAYER, 1, PARTNER_ACCOUNT_ID, "partner-share"))
+    before = world.policy_statements(LAYER, 1)
+    code, outcomes = respond(world, path, "--dry-run")
+
+    assert code == 0
+    assert [o["decision"] for o in outcomes] == ["contained", "awaiting_approval"]
+    assert outcomes[0]["removed_statements"] == ["public-share"] and outcomes[0]["dry_run"]
+    assert world.policy_statements(LAYER, 1) == before
+    assert world.jira.issues == {} and slack_messages(world) == []
+    assert world.jira.calls() == 0 and world.slack.calls() == 0
+    assert not world.state_path.exists()
+
+
+def test_trusted_account_is_not_touched(world, tmp_path):
+    world.config_path = world.write_config("trusted.yaml", trusted_accounts=[PARTNER_ACCOUNT_ID])
+    code, [outcome] = respond(world, write_detections(
+        tmp_path / "d.json", cloudtrail_record(LAYER, 1, PARTNER_ACCOUNT_ID, "partner-share")))
+
+    assert code == 0 and outcome["decision"] == "trusted"
+    assert "trusted_accounts" in outcome["reason"]
+    assert {s["Sid"] for s in world.policy_statements(LAYER, 1)} == {"public-share", "partner-share"}
+    assert world.jira.calls() == 0 and world.slack.calls() == 0
+
+
+def test_containment_does_not_wait_for_jira_and_resumes_after_an_outage(world, tmp_path):
+    world.jira.faults.append(Fault(count=100, status=500))
+    path = write_detections(tmp_path / "d.json", cloudtrail_record(LAYER, 1, "*", "public-share"))
+    code, [outcome] = respond(world, path)
+
+    assert code == 1
+    assert outcome["decision"] == "contained"
+    assert any("Jira" in e for e in outcome["errors"])
+    assert [s["Sid"] for s in world.policy_statements(LAYER, 1)] == ["partner-share"]
+    [case] = SQLiteStateStore(world.state_path).list_cases()
+    assert case.status == "contained" and case.ticket_key == ""
+
+    world.jira.faults.clear()
+    code, [outcome] = respond(world, path)
+    assert code == 0 and outcome["ticket"]
+    assert len(world.jira.issues) == 1 and len(slack_messages(world)) == 1
+
+
+def test_bad_input_names_the_file_and_field_and_exits_2(world, tmp_path, capsys):
+    record = cloudtrail_record(LAYER, 1, "*", "public-share", event_id="evt-bad")
+    del record["requestParameters"]["principal"]
+    good = cloudtrail_record(LAYER, 1, PARTNER_ACCOUNT_ID, "partner-share")
+    path = write_detections(tmp_path / "mixed.jsonl", record, good)
+    code, outcomes = respond(world, path)
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "mixed.jsonl line 1 (event evt-bad): field 'requestParameters.principal' is missing" in err
+    assert [o["decision"] for o in outcomes] == ["awaiting_approval"]  # the good one is still handled
+
+
+def test_skipped_events_state_their_reason(world, tmp_path):
+    record = cloudtrail_record(LAYER, 1, "*", "public-share")
+    record["errorCode"] = "AccessDeniedException"
+    code, [outcome] = respond(world, write_detections(tmp_path / "d.json", record))
+    assert code == 0 and outcome["decision"] == "skipped"
+    assert "AccessDeniedException" in outcome["reason"]
+    assert world.jira.calls() == 0
+
+
+def test_config_error_exits_2_naming_the_key(world, tmp_path, capsys):
+    world.config_path.write_text(world.config_path.read_text().replace("project: SEC", "project: ''"))
+    code, _ = respond(world, write_detections(tmp_path / "d.json", cloudtrail_record(LAYER, 1, "*", "x")))
+    assert code == 2
+    assert "jira.project: missing" in capsys.readouterr().err
+    assert [s["Sid"] for s in world.policy_statements(LAYER, 1)] == ["public-share", "partner-share"]
+
+
+def test_missing_secret_exits_2_without_acting(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SLACK_BOT_TOKEN")
+    code, _ = respond(world, write_detections(tmp_path / "d.json", cloudtrail_record(LAYER, 1, "*", "x")))
+    assert code == 2 and "SLACK_BOT_TOKEN" in capsys.readouterr().err
+    assert len(world.policy_statements(LAYER, 1)) == 2
+
+
+def test_console_script_reads_stdin_in_a_fresh_process(world):
+    record = cloudtrail_record(LAYER, 1, "*", "public-share")
+    env = dict(os.environ, **world.environment())
+    result = subprocess.run([sys.executable, "-m", "playbooks.cli", "respond", "-", "--json",
+                             "--config", str(world.config_path)],
+                            input=json.dumps(record).encode(), capture_output=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    outcome = json.loads(result.stdout)
+    assert outcome["decision"] == "contained"
+    assert [s["Sid"] for s in world.policy_statements(LAYER, 1)] == ["partner-share"]
+    # Secrets never reach the output.
+    assert "sandbox-jira-token" not in result.stdout.decode() + result.stderr.decode()
+
+
+def test_cases_command_lists_status(world, tmp_path):
+    import io
+
+    from playbooks.cli import main
+
+    respond(world, write_detections(tmp_path / "d.json", cloudtrail_record(LAYER, 1, "*", "public-share"),
+                                    cloudtrail_record(LAYER, 1, PARTNER_ACCOUNT_ID, "partner-share")))
+    out = io.StringIO()
+    assert main(["cases", "--config", str(world.config_path), "--json"], stdout=out) == 0
+    cases = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert sorted(c["status"] for c in cases) == ["awaiting_approval", "contained"]
+    assert all(c["history"] for c in cases)
