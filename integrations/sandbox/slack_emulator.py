@@ -16,7 +16,7 @@ import json
 import threading
 import time
 
-from integrations.sandbox.http_emulator import HttpEmulator, Reply, Request
+from integrations.http_server import HttpEmulator, Reply, Request
 
 BLOCK_TYPES = {"section", "actions", "context", "divider", "header"}
 

@@ -1,15 +1,18 @@
-"""A tiny threaded HTTP server base shared by the Jira and Slack emulators.
+"""A small threaded HTTP server: routes to plain handler functions (Request -> Reply).
 
-Fault switches (latency, N failures with a status and Retry-After) let tests and
-benchmarks make the services slow or unavailable without touching client code.
+Used by `layerguard serve` and by the Jira and Slack emulators. Handlers see the
+raw body (Slack signs it) and never touch sockets, so the same handlers can sit
+behind another adapter (AWS Lambda) unchanged.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -44,28 +47,20 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class Fault:
-    """Fail the next ``count`` requests with ``status`` (and ``Retry-After``)."""
-
-    count: int
-    status: int = 503
-    retry_after: str = ""
-
+log = logging.getLogger(__name__)
 
 Route = tuple[str, re.Pattern, Callable[[Request], Reply]]
 
 
-class HttpEmulator:
-    name = "emulator"
+class HttpServer:
+    name = "http-server"
+    max_body_bytes = 10 * 1024 * 1024
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self._routes: list[Route] = []
         self._lock = threading.RLock()
-        self.latency_seconds = 0.0
-        self.faults: list[Fault] = []
-        self.request_log: list[tuple[float, str, str]] = []
-        emulator = self
+        self.request_log: deque[tuple[float, str, str]] = deque(maxlen=100_000)
+        server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -74,7 +69,7 @@ class HttpEmulator:
                 pass
 
             def _handle(self):
-                emulator._dispatch(self)
+                server._dispatch(self)
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 
@@ -90,7 +85,7 @@ class HttpEmulator:
     def route(self, method: str, pattern: str, handler: Callable[[Request], Reply]) -> None:
         self._routes.append((method, re.compile(f"^{pattern}$"), handler))
 
-    def start(self) -> "HttpEmulator":
+    def start(self) -> "HttpServer":
         self._thread = threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True)
         self._thread.start()
         return self
@@ -109,34 +104,37 @@ class HttpEmulator:
         with self._lock:
             return sum(1 for at, _, _ in self.request_log if at >= since)
 
-    def authorised(self, request: Request) -> bool:
-        return True
+    def before_route(self, request: Request) -> Reply | None:
+        """A reply that pre-empts routing (authentication, injected faults), or None."""
+        return None
 
     def _dispatch(self, handler: BaseHTTPRequestHandler) -> None:
         parts = urlsplit(handler.path)
-        length = int(handler.headers.get("Content-Length") or 0)
+        try:
+            length = int(handler.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > self.max_body_bytes:
+            # Refuse before reading: a huge body never reaches memory.
+            handler.close_connection = True
+            status, problem = (413, f"body over {self.max_body_bytes} bytes") if length > 0 else (400, "bad Content-Length")
+            self._send(handler, Reply(status, self.error_body(status, problem)))
+            return
         body = handler.rfile.read(length) if length else b""
         request = Request(handler.command, parts.path, parse_qs(parts.query),
                           {k.lower(): v for k, v in handler.headers.items()}, body)
         with self._lock:
             self.request_log.append((time.time(), request.method, request.path))
-            fault = self.faults[0] if self.faults else None
-            if fault:
-                fault.count -= 1
-                if fault.count <= 0:
-                    self.faults.pop(0)
-        if self.latency_seconds:
-            time.sleep(self.latency_seconds)
-        if fault:
-            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
-            reply = Reply(fault.status, self.error_body(fault.status, "injected fault"), headers)
-        elif not self.authorised(request):
-            reply = Reply(401, self.error_body(401, "not authenticated"))
+        reply = self.before_route(request) or self._route(request)
+        self._send(handler, reply)
+
+    def _send(self, handler: BaseHTTPRequestHandler, reply: Reply) -> None:
+        if isinstance(reply.body, (bytes, str)):
+            payload = reply.body.encode() if isinstance(reply.body, str) else reply.body
         else:
-            reply = self._route(request)
-        payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+            payload = b"" if reply.body is None else json.dumps(reply.body).encode()
         handler.send_response(reply.status)
-        handler.send_header("Content-Type", "application/json;charset=utf-8")
+        handler.send_header("Content-Type", reply.headers.pop("Content-Type", "application/json;charset=utf-8"))
         handler.send_header("Content-Length", str(len(payload)))
         for key, value in reply.headers.items():
             handler.send_header(key, value)
@@ -151,8 +149,51 @@ class HttpEmulator:
                 try:
                     return fn(request)
                 except (ValueError, KeyError, TypeError) as exc:
-                    return Reply(400, self.error_body(400, f"bad request: {exc}"))
+                    return Reply(400, self.error_body(400, f"bad request: {type(exc).__name__}"))
+                except Exception:
+                    log.exception("%s: handler for %s %s failed", self.name, request.method, request.path)
+                    return Reply(500, self.error_body(500, "internal error"))
         return Reply(404, self.error_body(404, f"no route for {request.method} {request.path}"))
 
     def error_body(self, status: int, message: str) -> Any:
         return {"error": message}
+
+
+@dataclass
+class Fault:
+    """Fail the next ``count`` requests with ``status`` (and ``Retry-After``)."""
+
+    count: int
+    status: int = 503
+    retry_after: str = ""
+
+
+class HttpEmulator(HttpServer):
+    """A server with fault switches (latency, N failures with a status and Retry-After),
+    so tests and benchmarks make a service slow or unavailable without touching clients."""
+
+    name = "emulator"
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        super().__init__(host, port)
+        self.latency_seconds = 0.0
+        self.faults: list[Fault] = []
+
+    def authorised(self, request: Request) -> bool:
+        return True
+
+    def before_route(self, request: Request) -> Reply | None:
+        with self._lock:
+            fault = self.faults[0] if self.faults else None
+            if fault:
+                fault.count -= 1
+                if fault.count <= 0:
+                    self.faults.pop(0)
+        if self.latency_seconds:
+            time.sleep(self.latency_seconds)
+        if fault:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            return Reply(fault.status, self.error_body(fault.status, "injected fault"), headers)
+        if not self.authorised(request):
+            return Reply(401, self.error_body(401, "not authenticated"))
+        return None
