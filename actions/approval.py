@@ -91,7 +91,7 @@ def notification_blocks(case_id: str, detection: Detection, classification: Clas
         headline = "The grant was already gone when LayerGuard checked (verified)."
     else:
         headline = "For your information: no action was taken."
-    return [
+    blocks = [
         {"type": "header", "text": {"type": "plain_text", "text": clean_text(
             f"Lambda layer shared: {classification.kind.value.replace('-', ' ')}", 150)}},
         {"type": "section", "text": {"type": "mrkdwn", "text": headline}},
@@ -99,6 +99,16 @@ def notification_blocks(case_id: str, detection: Detection, classification: Clas
         {"type": "context", "elements": [{"type": "mrkdwn", "text":
             f"Case `{escape_mrkdwn(case_id)}` · Ticket {_ticket_link(ticket_key, ticket_url)}"}]},
     ]
+    if containment and containment.removed:
+        # A false positive can be undone: the removed statements are kept verbatim.
+        blocks.append({"type": "actions", "block_id": f"restore:{case_id}", "elements": [
+            {"type": "button", "action_id": ActionId.RESTORE.value, "value": case_id,
+             "text": {"type": "plain_text", "text": "Restore grant (false positive)"},
+             "confirm": {"title": {"type": "plain_text", "text": "Restore this grant?"},
+                         "text": {"type": "plain_text", "text": "The removed statements are added back exactly."},
+                         "confirm": {"type": "plain_text", "text": "Restore"},
+                         "deny": {"type": "plain_text", "text": "Cancel"}}}]})
+    return blocks
 
 
 def post_case_message(chat, store, case, channel: str, text: str, blocks: list[dict]):
@@ -106,5 +116,5 @@ def post_case_message(chat, store, case, channel: str, text: str, blocks: list[d
     if case.slack_ts:
         return case
     posted = chat.post(channel, text, blocks)
-    return store.update_case(case.case_id, slack_channel=posted.channel, slack_ts=posted.ts,
+    return store.update_case(case.case_id, slack_channel=posted.channel, slack_ts=posted.ts, slack_blocks=blocks,
                              note=f"Slack message {posted.ts} posted in {posted.channel}")

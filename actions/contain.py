@@ -11,10 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from integrations.aws import PolicyChanged, StatementAlreadyGone, get_layer_policy, remove_statement
-from playbooks.classify import Grant, grants_matching
+from integrations.aws import (PolicyChanged, StatementAlreadyGone, StatementExists, add_statement, get_layer_policy,
+                              remove_statement)
+from playbooks.classify import Grant, grants_from_statement, grants_matching
 
-GrantPredicate = Callable[[Grant], bool]
+Statements = Sequence[Mapping]
+Selector = Callable[[Statements], list[Mapping]]
 MAX_ROUNDS = 8
 
 
@@ -38,22 +40,34 @@ def is_public(grant: Grant) -> bool:
     return grant.principal == "*" and not grant.organization_id
 
 
-def is_grantee(grantee: str) -> GrantPredicate:
-    return lambda grant: grant.grantee == grantee
+def public_statements(statements: Statements) -> list[Mapping]:
+    """Every statement that lets anyone use the layer version (not only the event's)."""
+    return grants_matching(statements, is_public)
 
 
-def statements_to_remove(statements: Sequence[Mapping], target: GrantPredicate) -> list[Mapping]:
-    return grants_matching(statements, target)
+def grantee_statements(grantee: str) -> Selector:
+    return lambda statements: grants_matching(statements, lambda grant: grant.grantee == grantee)
 
 
-def contain_grant(lambda_client, layer_arn: str, version: int, target: GrantPredicate,
+def case_statements(statement_id: str, grantee: str) -> Selector:
+    """The case's own statement by Sid; if its Sid changed, whatever grants the same grantee."""
+    by_grantee = grantee_statements(grantee)
+
+    def select(statements: Statements) -> list[Mapping]:
+        matching = by_grantee(statements)
+        by_sid = [s for s in matching if statement_id and s.get("Sid") == statement_id]
+        return by_sid or matching
+    return select
+
+
+def contain_grant(lambda_client, layer_arn: str, version: int, select: Selector,
                   dry_run: bool = False) -> ContainmentResult:
     removed: list[dict] = []
     calls = 0
     for _ in range(MAX_ROUNDS):
         policy = get_layer_policy(lambda_client, layer_arn, version)
         calls += 1
-        pending = statements_to_remove(policy.statements, target)
+        pending = select(policy.statements)
         if not pending:
             status = "contained" if removed else "already_contained"
             return ContainmentResult(status, tuple(removed), policy.statements, calls)
@@ -72,3 +86,24 @@ def contain_grant(lambda_client, layer_arn: str, version: int, target: GrantPred
         except PolicyChanged:
             pass  # the policy moved under us: re-read and re-decide
     raise ContainmentFailed(f"{layer_arn}:{version} still grants access after {MAX_ROUNDS} attempts")
+
+
+def restore_statements(lambda_client, layer_arn: str, version: int, statements: Sequence[Mapping]) -> list[str]:
+    """Re-add removed statements exactly (same Sid, principal, organization); returns the Sids restored."""
+    present = {str(s.get("Sid")) for s in get_layer_policy(lambda_client, layer_arn, version).statements}
+    restored = []
+    for statement in statements:
+        if str(statement.get("Sid")) in present:
+            restored.append(str(statement["Sid"]))  # restored by an earlier attempt
+            continue
+        grants = grants_from_statement(statement)
+        if len(grants) != 1:
+            raise ContainmentFailed(f"statement {statement.get('Sid')!r} cannot be restored: {len(grants)} principals")
+        grant = grants[0]
+        try:
+            add_statement(lambda_client, layer_arn, version, str(statement["Sid"]), grant.principal,
+                          grant.organization_id, str(statement.get("Action") or "lambda:GetLayerVersion"))
+        except StatementExists:
+            pass  # restored by an earlier attempt
+        restored.append(str(statement["Sid"]))
+    return restored

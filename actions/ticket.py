@@ -100,14 +100,15 @@ def _principal_text(statement: dict) -> str:
 
 def render_ticket(case_id: str, detection: Detection, classification: Classification, response: Response | None,
                   containment: ContainmentResult | None, context: LayerContext,
-                  priorities: dict) -> TicketFields:
+                  priorities: dict, previous_ticket: str = "") -> TicketFields:
     actor = detection.actor
     layer = context.layer_version or {}
     content = layer.get("Content") or {}
     sections = [
         f"h2. {classification.kind.value.replace('-', ' ').title()} grant on a Lambda layer version",
         f"*Severity:* {classification.severity.value}. *Why:* {escape_jira(classification.reason)}",
-        f"*LayerGuard case:* {escape_jira(case_id)}",
+        f"*LayerGuard case:* {escape_jira(case_id)}"
+        + (f". The same grant was handled before in {escape_jira(previous_ticket)} (linked)." if previous_ticket else ""),
         "h3. Actions taken",
         "\n".join(f"* {line}" for line in describe_containment(containment, response)),
         "h3. Grant",

@@ -18,6 +18,7 @@ from integrations.retry import BOTOCORE_CONFIG, aws_error_code, aws_retry
 
 NOT_FOUND_CODES = frozenset({"ResourceNotFoundException"})
 STALE_REVISION_CODES = frozenset({"PreconditionFailedException"})
+CONFLICT_CODES = frozenset({"ResourceConflictException"})
 
 
 class AwsActionError(RuntimeError):
@@ -30,6 +31,10 @@ class PolicyChanged(Exception):
 
 class StatementAlreadyGone(Exception):
     """The statement (or the whole policy) no longer exists."""
+
+
+class StatementExists(Exception):
+    """A statement with this Sid is already in the policy."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,12 @@ def add_statement(client, layer_arn: str, version: int, statement_id: str, princ
                               "Action": action, "Principal": principal}
     if organization_id:
         kwargs["OrganizationId"] = organization_id
-    client.add_layer_version_permission(**kwargs)
+    try:
+        client.add_layer_version_permission(**kwargs)
+    except botocore.exceptions.ClientError as exc:
+        if aws_error_code(exc) in CONFLICT_CODES:
+            raise StatementExists(statement_id) from exc
+        raise
 
 
 @aws_retry

@@ -85,3 +85,21 @@ class JiraTickets:
     def comment(self, key: str, body: str) -> None:
         jira = self._jira()
         self._call("add comment", lambda: jira.add_comment(key, body))
+
+    def transition(self, key: str, name: str) -> bool:
+        """Move the ticket through the named transition; False if the workflow has none by that name."""
+        jira = self._jira()
+        transitions = self._call("list transitions", lambda: jira.transitions(key))
+        match = next((t for t in transitions if t["name"].lower() == name.lower()), None)
+        if match is None:
+            return False
+        self._call("transition", lambda: jira.transition_issue(key, match["id"]))
+        return True
+
+    def link(self, key: str, earlier_key: str) -> None:
+        jira = self._jira()
+        self._call("link issues", lambda: jira.create_issue_link("Relates", key, earlier_key))
+
+    def ping(self) -> None:
+        jira = self._jira()
+        self._call("server info", jira.server_info)

@@ -47,3 +47,12 @@ class SlackChat:
 
     def update(self, channel: str, ts: str, text: str, blocks: list[dict]) -> None:
         self._call("chat.update", channel=channel, ts=ts, text=text, blocks=blocks)
+
+    def ephemeral(self, channel: str, user: str, text: str) -> None:
+        self._call("chat.postEphemeral", channel=channel, user=user, text=text)
+
+    def usergroup_members(self, usergroup: str) -> frozenset[str]:
+        return frozenset(self._call("usergroups.users.list", usergroup=usergroup).get("users", []))
+
+    def ping(self) -> None:
+        self._call("auth.test")

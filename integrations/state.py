@@ -1,8 +1,11 @@
-"""The state store: cases, their history, processed events. SQLite here; DynamoDB later.
+"""The state store: cases, their history, processed events, decisions, jobs and
+exceptions. SQLite here; a DynamoDB store can follow behind the same interface.
 
 A case is one layer version + one grantee. At most one case per (layer version,
 grantee) is open at a time, enforced by a partial unique index so that two
-processes sharing one file still agree.
+processes sharing one file still agree. Decisions are conditional updates: the
+first one wins, and it is written together with the job that carries it out, so
+a crash after Slack's ack loses nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterable, Protocol
 
 OPEN_STATUSES = frozenset({"received", "contained", "already_contained", "awaiting_approval", "notified", "failed"})
+JSON_FIELDS = ("removed_statements", "detection", "slack_blocks")
 
 
 @dataclass(frozen=True)
@@ -31,8 +35,15 @@ class Case:
     ticket_key: str = ""
     slack_channel: str = ""
     slack_ts: str = ""
+    slack_blocks: tuple[dict, ...] = ()
     removed_statements: tuple[dict, ...] = ()
     detection: dict = field(default_factory=dict)
+    decision: str = ""
+    decision_by: str = ""
+    decision_at: float = 0.0
+    reminded_at: float = 0.0
+    escalated_at: float = 0.0
+    previous_ticket: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -49,6 +60,25 @@ class HistoryEntry:
     note: str
 
 
+@dataclass(frozen=True)
+class Job:
+    job_id: int
+    kind: str
+    case_id: str
+    payload: dict
+    attempts: int
+    steps: frozenset[str]
+
+
+@dataclass(frozen=True)
+class GrantException:
+    layer_arn: str
+    grantee: str
+    expires_at: float
+    created_by: str
+    case_id: str
+
+
 def case_key(layer_version_arn: str, grantee: str) -> str:
     return f"{layer_version_arn}|{grantee}"
 
@@ -61,11 +91,26 @@ class StateStore(Protocol):
     def open_case(self, case: Case) -> tuple[Case, bool]: ...
     def get_case(self, case_id: str) -> Case | None: ...
     def update_case(self, case_id: str, note: str = "", **changes: Any) -> Case: ...
-    def claim_event(self, event_id: str, case_id: str) -> str: ...
-    def event_status(self, event_id: str) -> tuple[str, str] | None: ...
-    def finish_event(self, event_id: str) -> None: ...
+    def latest_closed_case(self, key: str) -> Case | None: ...
     def list_cases(self) -> list[Case]: ...
     def history(self, case_id: str) -> list[HistoryEntry]: ...
+    def claim_event(self, event_id: str, case_id: str) -> str: ...
+    def event_status(self, event_id: str) -> tuple[str, str] | None: ...
+    def event_steps(self, event_id: str) -> frozenset[str]: ...
+    def mark_event_step(self, event_id: str, step: str) -> None: ...
+    def finish_event(self, event_id: str) -> None: ...
+    def record_decision(self, case_id: str, decision: str, by: str, allowed_statuses: Iterable[str],
+                        job_kind: str, payload: dict | None = None) -> tuple[Case | None, bool]: ...
+    def enqueue(self, kind: str, case_id: str, payload: dict | None = None) -> int: ...
+    def claim_job(self, lease_seconds: float = 300.0) -> Job | None: ...
+    def mark_job_step(self, job_id: int, step: str) -> None: ...
+    def finish_job(self, job_id: int) -> None: ...
+    def retry_job(self, job_id: int, error: str, delay_seconds: float) -> None: ...
+    def release_running_jobs(self) -> int: ...
+    def pending_jobs(self) -> list[tuple[Job, str]]: ...
+    def add_exception(self, exception: GrantException) -> None: ...
+    def active_exception(self, layer_arn: str, grantee: str) -> GrantException | None: ...
+    def list_exceptions(self) -> list[GrantException]: ...
 
 
 _SCHEMA = """
@@ -81,12 +126,20 @@ CREATE TABLE IF NOT EXISTS cases (
     ticket_key TEXT NOT NULL DEFAULT '',
     slack_channel TEXT NOT NULL DEFAULT '',
     slack_ts TEXT NOT NULL DEFAULT '',
+    slack_blocks TEXT NOT NULL DEFAULT '[]',
     removed_statements TEXT NOT NULL DEFAULT '[]',
     detection TEXT NOT NULL DEFAULT '{}',
+    decision TEXT NOT NULL DEFAULT '',
+    decision_by TEXT NOT NULL DEFAULT '',
+    decision_at REAL NOT NULL DEFAULT 0,
+    reminded_at REAL NOT NULL DEFAULT 0,
+    escalated_at REAL NOT NULL DEFAULT 0,
+    previous_ticket TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_open_case_per_grant ON cases(case_key) WHERE is_open = 1;
+CREATE INDEX IF NOT EXISTS cases_by_key ON cases(case_key, created_at);
 CREATE TABLE IF NOT EXISTS case_history (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     case_id TEXT NOT NULL REFERENCES cases(case_id),
@@ -99,20 +152,42 @@ CREATE TABLE IF NOT EXISTS processed_events (
     event_id TEXT PRIMARY KEY,
     case_id TEXT NOT NULL,
     done INTEGER NOT NULL DEFAULT 0,
+    steps TEXT NOT NULL DEFAULT '[]',
     at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    case_id TEXT NOT NULL,
+    payload TEXT NOT NULL DEFAULT '{}',
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    steps TEXT NOT NULL DEFAULT '[]',
+    not_before REAL NOT NULL DEFAULT 0,
+    lease_until REAL NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_ready ON jobs(status, not_before);
+CREATE TABLE IF NOT EXISTS grant_exceptions (
+    layer_arn TEXT NOT NULL,
+    grantee TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    created_by TEXT NOT NULL,
+    case_id TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (layer_arn, grantee)
 );
 """
 
-_COLUMNS = ("case_id", "case_key", "layer_version_arn", "grantee", "grant_kind", "severity", "status",
-            "ticket_key", "slack_channel", "slack_ts", "removed_statements", "detection",
-            "created_at", "updated_at")
+_COLUMNS = tuple(f.name for f in Case.__dataclass_fields__.values())
 
 
 class SQLiteStateStore:
     def __init__(self, path: str | Path, clock=time.time):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._clock = clock
+        self.clock = clock
         self._local = threading.local()
         self._db().executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
 
@@ -142,6 +217,9 @@ class SQLiteStateStore:
     def _tx(self) -> "_Tx":
         return self._Tx(self._db())
 
+    def ping(self) -> None:
+        self._db().execute("SELECT 1").fetchone()
+
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
@@ -151,27 +229,41 @@ class SQLiteStateStore:
     @staticmethod
     def _row_to_case(row: sqlite3.Row) -> Case:
         data = {name: row[name] for name in _COLUMNS}
-        data["removed_statements"] = tuple(json.loads(data["removed_statements"]))
-        data["detection"] = json.loads(data["detection"])
+        for name in JSON_FIELDS:
+            data[name] = json.loads(data[name])
+        data["removed_statements"] = tuple(data["removed_statements"])
+        data["slack_blocks"] = tuple(data["slack_blocks"])
         return Case(**data)
+
+    @staticmethod
+    def _encode(name: str, value: Any) -> Any:
+        if name in JSON_FIELDS:
+            return json.dumps(list(value) if isinstance(value, tuple) else value, default=str)
+        return value
+
+    def _history(self, db: sqlite3.Connection, case_id: str, status: str, note: str) -> None:
+        db.execute("INSERT INTO case_history (case_id, at, status, note) VALUES (?, ?, ?, ?)",
+                   (case_id, self.clock(), status, note))
+
+    def _enqueue(self, db: sqlite3.Connection, kind: str, case_id: str, payload: dict | None) -> int:
+        cursor = db.execute("INSERT INTO jobs (kind, case_id, payload, created_at) VALUES (?, ?, ?, ?)",
+                            (kind, case_id, json.dumps(payload or {}, default=str), self.clock()))
+        return int(cursor.lastrowid)
 
     # -- cases
 
     def open_case(self, case: Case) -> tuple[Case, bool]:
         """Insert the case unless one is already open for its grant; return (case, created)."""
-        now = self._clock()
+        now = self.clock()
         with self._tx() as db:
             row = db.execute("SELECT * FROM cases WHERE case_key = ? AND is_open = 1", (case.case_key,)).fetchone()
             if row:
                 return self._row_to_case(row), False
             case = replace(case, created_at=now, updated_at=now)
-            values = [getattr(case, name) for name in _COLUMNS]
-            values[_COLUMNS.index("removed_statements")] = json.dumps(list(case.removed_statements))
-            values[_COLUMNS.index("detection")] = json.dumps(case.detection, default=str)
+            values = [self._encode(name, getattr(case, name)) for name in _COLUMNS]
             db.execute(f"INSERT INTO cases ({', '.join(_COLUMNS)}, is_open) VALUES "
                        f"({', '.join('?' for _ in _COLUMNS)}, ?)", (*values, int(case.is_open)))
-            db.execute("INSERT INTO case_history (case_id, at, status, note) VALUES (?, ?, ?, ?)",
-                       (case.case_id, now, case.status, "case opened"))
+            self._history(db, case.case_id, case.status, "case opened")
             return case, True
 
     def get_case(self, case_id: str) -> Case | None:
@@ -182,13 +274,8 @@ class SQLiteStateStore:
         unknown = set(changes) - set(_COLUMNS)
         if unknown:
             raise ValueError(f"unknown case fields: {sorted(unknown)}")
-        now = self._clock()
-        encoded = dict(changes)
-        if "removed_statements" in encoded:
-            encoded["removed_statements"] = json.dumps(list(encoded["removed_statements"]))
-        if "detection" in encoded:
-            encoded["detection"] = json.dumps(encoded["detection"], default=str)
-        encoded["updated_at"] = now
+        encoded = {name: self._encode(name, value) for name, value in changes.items()}
+        encoded["updated_at"] = self.clock()
         if "status" in encoded:
             encoded["is_open"] = int(encoded["status"] in OPEN_STATUSES)
         assignments = ", ".join(f"{name} = ?" for name in encoded)
@@ -196,13 +283,15 @@ class SQLiteStateStore:
             cursor = db.execute(f"UPDATE cases SET {assignments} WHERE case_id = ?", (*encoded.values(), case_id))
             if cursor.rowcount != 1:
                 raise KeyError(case_id)
-            if "status" in changes or note:
-                status = changes.get("status") or db.execute(
-                    "SELECT status FROM cases WHERE case_id = ?", (case_id,)).fetchone()[0]
-                db.execute("INSERT INTO case_history (case_id, at, status, note) VALUES (?, ?, ?, ?)",
-                           (case_id, now, status, note))
             row = db.execute("SELECT * FROM cases WHERE case_id = ?", (case_id,)).fetchone()
+            if "status" in changes or note:
+                self._history(db, case_id, row["status"], note)
         return self._row_to_case(row)
+
+    def latest_closed_case(self, key: str) -> Case | None:
+        row = self._db().execute("SELECT * FROM cases WHERE case_key = ? AND is_open = 0 AND ticket_key != '' "
+                                 "ORDER BY created_at DESC LIMIT 1", (key,)).fetchone()
+        return self._row_to_case(row) if row else None
 
     def list_cases(self) -> list[Case]:
         rows = self._db().execute("SELECT * FROM cases ORDER BY created_at, case_id").fetchall()
@@ -219,7 +308,7 @@ class SQLiteStateStore:
         """Record that ``event_id`` belongs to ``case_id``; return the case it belongs to."""
         with self._tx() as db:
             db.execute("INSERT OR IGNORE INTO processed_events (event_id, case_id, done, at) VALUES (?, ?, 0, ?)",
-                       (event_id, case_id, self._clock()))
+                       (event_id, case_id, self.clock()))
             return db.execute("SELECT case_id FROM processed_events WHERE event_id = ?", (event_id,)).fetchone()[0]
 
     def event_status(self, event_id: str) -> tuple[str, str] | None:
@@ -227,6 +316,100 @@ class SQLiteStateStore:
         row = self._db().execute("SELECT case_id, done FROM processed_events WHERE event_id = ?", (event_id,)).fetchone()
         return (row[0], "done" if row[1] else "in_progress") if row else None
 
+    def event_steps(self, event_id: str) -> frozenset[str]:
+        row = self._db().execute("SELECT steps FROM processed_events WHERE event_id = ?", (event_id,)).fetchone()
+        return frozenset(json.loads(row[0])) if row else frozenset()
+
+    def mark_event_step(self, event_id: str, step: str) -> None:
+        with self._tx() as db:
+            row = db.execute("SELECT steps FROM processed_events WHERE event_id = ?", (event_id,)).fetchone()
+            steps = sorted(set(json.loads(row[0])) | {step}) if row else [step]
+            db.execute("UPDATE processed_events SET steps = ? WHERE event_id = ?", (json.dumps(steps), event_id))
+
     def finish_event(self, event_id: str) -> None:
         with self._tx() as db:
             db.execute("UPDATE processed_events SET done = 1 WHERE event_id = ?", (event_id,))
+
+    # -- decisions and jobs
+
+    def record_decision(self, case_id: str, decision: str, by: str, allowed_statuses: Iterable[str],
+                        job_kind: str, payload: dict | None = None) -> tuple[Case | None, bool]:
+        """Conditionally record the case's one decision with the job that applies it.
+
+        Returns (case, True) for the winner; (case as it stands, False) when the case
+        was already decided or is not in one of ``allowed_statuses``.
+        """
+        statuses = list(allowed_statuses)
+        now = self.clock()
+        with self._tx() as db:
+            cursor = db.execute(
+                f"UPDATE cases SET decision = ?, decision_by = ?, decision_at = ?, updated_at = ? "
+                f"WHERE case_id = ? AND decision = '' AND status IN ({', '.join('?' for _ in statuses)})",
+                (decision, by, now, now, case_id, *statuses))
+            won = cursor.rowcount == 1
+            if won:
+                row = db.execute("SELECT status FROM cases WHERE case_id = ?", (case_id,)).fetchone()
+                self._history(db, case_id, row[0], f"decision recorded: {decision} by {by}")
+                self._enqueue(db, job_kind, case_id, payload)
+            row = db.execute("SELECT * FROM cases WHERE case_id = ?", (case_id,)).fetchone()
+        return (self._row_to_case(row) if row else None), won
+
+    def enqueue(self, kind: str, case_id: str, payload: dict | None = None) -> int:
+        with self._tx() as db:
+            return self._enqueue(db, kind, case_id, payload)
+
+    def claim_job(self, lease_seconds: float = 300.0) -> Job | None:
+        now = self.clock()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT * FROM jobs WHERE (status = 'pending' AND not_before <= ?) "
+                "OR (status = 'running' AND lease_until < ?) ORDER BY job_id LIMIT 1", (now, now)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_until = ? WHERE job_id = ?",
+                       (now + lease_seconds, row["job_id"]))
+        return Job(row["job_id"], row["kind"], row["case_id"], json.loads(row["payload"]), row["attempts"] + 1,
+                   frozenset(json.loads(row["steps"])))
+
+    def mark_job_step(self, job_id: int, step: str) -> None:
+        with self._tx() as db:
+            steps = set(json.loads(db.execute("SELECT steps FROM jobs WHERE job_id = ?", (job_id,)).fetchone()[0]))
+            db.execute("UPDATE jobs SET steps = ? WHERE job_id = ?", (json.dumps(sorted(steps | {step})), job_id))
+
+    def finish_job(self, job_id: int) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET status = 'done', last_error = '' WHERE job_id = ?", (job_id,))
+
+    def retry_job(self, job_id: int, error: str, delay_seconds: float) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET status = 'pending', not_before = ?, last_error = ? WHERE job_id = ?",
+                       (self.clock() + delay_seconds, error[:500], job_id))
+
+    def release_running_jobs(self) -> int:
+        """At start-up: jobs a previous process was running when it died are pending again."""
+        with self._tx() as db:
+            return db.execute("UPDATE jobs SET status = 'pending', lease_until = 0 WHERE status = 'running'").rowcount
+
+    def pending_jobs(self) -> list[tuple[Job, str]]:
+        rows = self._db().execute("SELECT * FROM jobs WHERE status != 'done' ORDER BY job_id").fetchall()
+        return [(Job(r["job_id"], r["kind"], r["case_id"], json.loads(r["payload"]), r["attempts"],
+                     frozenset(json.loads(r["steps"]))), r["last_error"]) for r in rows]
+
+    # -- exceptions (a kept grant, trusted until it expires)
+
+    def add_exception(self, exception: GrantException) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO grant_exceptions VALUES (?, ?, ?, ?, ?, ?)",
+                       (exception.layer_arn, exception.grantee, exception.expires_at, exception.created_by,
+                        exception.case_id, self.clock()))
+
+    def active_exception(self, layer_arn: str, grantee: str) -> GrantException | None:
+        row = self._db().execute(
+            "SELECT layer_arn, grantee, expires_at, created_by, case_id FROM grant_exceptions "
+            "WHERE layer_arn = ? AND grantee = ? AND expires_at > ?", (layer_arn, grantee, self.clock())).fetchone()
+        return GrantException(*row) if row else None
+
+    def list_exceptions(self) -> list[GrantException]:
+        rows = self._db().execute("SELECT layer_arn, grantee, expires_at, created_by, case_id "
+                                  "FROM grant_exceptions ORDER BY expires_at").fetchall()
+        return [GrantException(*row) for row in rows]

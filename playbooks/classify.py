@@ -76,6 +76,8 @@ class Allowlists:
     trusted_accounts: frozenset[str] = frozenset()
     trusted_organizations: frozenset[str] = frozenset()
     trusted_layers: tuple[str, ...] = ()
+    # (layer ARN, grantee) -> why: grants an approver chose to keep, until they expire.
+    kept_grants: Mapping[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,9 @@ def classify_grant(grant: Grant, layer: LayerRef, allow: Allowlists) -> Classifi
 
 
 def _kind_and_reason(grant: Grant, layer: LayerRef, allow: Allowlists) -> tuple[GrantKind, str]:
+    kept = allow.kept_grants.get((layer.arn, grant.grantee))
+    if kept:
+        return GrantKind.TRUSTED, kept
     for pattern in allow.trusted_layers:
         if any(fnmatch.fnmatchcase(candidate, pattern) for candidate in (layer.name, layer.arn, layer.version_arn)):
             return GrantKind.TRUSTED, f"layer matches trusted_layers pattern {pattern!r}"

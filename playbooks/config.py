@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -38,6 +39,7 @@ class JiraConfig:
     url: str
     project: str
     issue_type: str = "Task"
+    done_transition: str = "Done"
     priorities: Mapping[Severity, str] = field(default_factory=lambda: dict(DEFAULT_PRIORITIES))
     timeout_seconds: float = 10.0
 
@@ -47,7 +49,31 @@ class SlackConfig:
     channel: str
     api_url: str = "https://slack.com/api/"
     approvers: tuple[str, ...] = ()
+    approver_groups: tuple[str, ...] = ()
+    team_id: str = ""
+    app_id: str = ""
     timeout_seconds: float = 10.0
+
+
+class OnTimeout(str, Enum):
+    REVOKE = "revoke"
+    KEEP = "keep"
+    ESCALATE = "escalate"
+
+
+@dataclass(frozen=True)
+class ApprovalConfig:
+    timeout_seconds: float = 24 * 3600.0
+    remind_after_seconds: float = 0.0  # 0: no reminder
+    on_timeout: OnTimeout = OnTimeout.ESCALATE
+    keep_exception_seconds: float = 0.0  # 0: keeping a grant writes no exception
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    max_body_bytes: int = 5 * 1024 * 1024
+    check_interval_seconds: float = 60.0
+    workers: int = 4
 
 
 @dataclass(frozen=True)
@@ -59,6 +85,8 @@ class Config:
     jira: JiraConfig
     slack: SlackConfig
     state_path: Path
+    approval: ApprovalConfig = field(default_factory=ApprovalConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
 
 
 @dataclass(frozen=True)
@@ -86,7 +114,17 @@ class Secrets:
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _ACCOUNT = re.compile(r"^\d{12}$")
 _ORG = re.compile(r"^o-[a-z0-9]{10,32}$")
-_SECTIONS = {"aws", "policy", "jira", "slack", "state"}
+_SECTIONS = {"aws", "policy", "jira", "slack", "state", "approval", "service"}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``30s``, ``15m``, ``24h``, ``7d`` -> seconds; raises ValueError otherwise."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"{text!r} is not a duration such as 30s, 15m, 24h or 7d")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def load_config(path: str | Path) -> Config:
@@ -116,12 +154,23 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path = Path(".")) -
     jira = r.mapping(root.get("jira"), "jira", required=True)
     slack = r.mapping(root.get("slack"), "slack", required=True)
     state = r.mapping(root.get("state", {}), "state")
+    approval = r.mapping(root.get("approval", {}), "approval")
+    service = r.mapping(root.get("service", {}), "service")
     r.no_unknown_keys(aws, "aws", {"regions", "assume_role", "external_id"})
     r.no_unknown_keys(policy, "policy", {"own_organization_id", "trusted_accounts", "trusted_organizations",
                                           "trusted_layers", "response"})
-    r.no_unknown_keys(jira, "jira", {"url", "project", "issue_type", "priorities", "timeout_seconds"})
-    r.no_unknown_keys(slack, "slack", {"api_url", "channel", "approvers", "timeout_seconds"})
+    r.no_unknown_keys(jira, "jira", {"url", "project", "issue_type", "priorities", "timeout_seconds",
+                                      "done_transition"})
+    r.no_unknown_keys(slack, "slack", {"api_url", "channel", "approvers", "approver_groups", "team_id", "app_id",
+                                        "timeout_seconds"})
     r.no_unknown_keys(state, "state", {"path"})
+    r.no_unknown_keys(approval, "approval", {"timeout", "remind_after", "on_timeout", "keep_exception_for"})
+    r.no_unknown_keys(service, "service", {"max_body_bytes", "check_interval", "workers"})
+    on_timeout = r.text(approval, "approval.on_timeout", default="escalate")
+    try:
+        on_timeout_value = OnTimeout(on_timeout)
+    except ValueError:
+        raise ConfigError(source, "approval.on_timeout", f"{on_timeout!r} is not one of revoke, keep, escalate") from None
 
     assume_role = r.text(aws, "aws.assume_role", default="")
     if assume_role and "{account_id}" not in assume_role:
@@ -185,14 +234,29 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path = Path(".")) -
             issue_type=r.text(jira, "jira.issue_type", default="Task"),
             priorities=priorities,
             timeout_seconds=r.number(jira, "jira.timeout_seconds", default=10.0),
+            done_transition=r.text(jira, "jira.done_transition", default="Done"),
         ),
         slack=SlackConfig(
             channel=r.text(slack, "slack.channel", required=True),
             api_url=slack_api if slack_api.endswith("/") else slack_api + "/",
             approvers=tuple(r.pattern_list(slack, "slack.approvers", re.compile(r"^[UW][A-Z0-9]{2,}$"), "a Slack user id such as U012AB3CD")),
+            approver_groups=tuple(r.pattern_list(slack, "slack.approver_groups", re.compile(r"^S[A-Z0-9]{2,}$"), "a Slack user group id such as S0614TZR7")),
+            team_id=r.text(slack, "slack.team_id", default=""),
+            app_id=r.text(slack, "slack.app_id", default=""),
             timeout_seconds=r.number(slack, "slack.timeout_seconds", default=10.0),
         ),
         state_path=state_path,
+        approval=ApprovalConfig(
+            timeout_seconds=r.duration(approval, "approval.timeout", default="24h"),
+            remind_after_seconds=r.duration(approval, "approval.remind_after", default=""),
+            on_timeout=on_timeout_value,
+            keep_exception_seconds=r.duration(approval, "approval.keep_exception_for", default=""),
+        ),
+        service=ServiceConfig(
+            max_body_bytes=int(r.number(service, "service.max_body_bytes", default=5 * 1024 * 1024)),
+            check_interval_seconds=r.duration(service, "service.check_interval", default="60s"),
+            workers=int(r.number(service, "service.workers", default=4)),
+        ),
     )
 
 
@@ -233,6 +297,16 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise self.fail(dotted, f"must be a positive number, got {value!r}")
         return float(value)
+
+    def duration(self, mapping: dict, dotted: str, default: str) -> float:
+        """A duration such as 30s, 15m, 24h or 7d in seconds; empty means 0 (off)."""
+        text = self.text(mapping, dotted, default=default)
+        if not text:
+            return 0.0
+        try:
+            return parse_duration(text)
+        except ValueError as exc:
+            raise self.fail(dotted, str(exc)) from None
 
     def pattern_list(self, mapping: dict, dotted: str, pattern: re.Pattern, what: str) -> list[str]:
         value = mapping.get(dotted.rsplit(".", 1)[-1]) or []

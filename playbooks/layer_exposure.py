@@ -7,22 +7,26 @@ Read top to bottom, it follows the seed rule's guide:
   4. collect context: the layer version, its whole policy, the functions that use it;
   5. open (or update) the case's one Jira ticket;
   6. post to Slack: an approval request with Revoke/Keep buttons, or a notification.
+
+Each step is recorded against the CloudTrail event, so running the same event
+again resumes where it stopped and never repeats a ticket or a message.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from actions.approval import (approval_blocks, approval_text, notification_blocks, notification_text,
                               post_case_message)
-from actions.collect_context import collect_context
-from actions.contain import ContainmentResult, contain_grant, is_grantee, is_public
+from actions.collect_context import LayerContext, collect_context
+from actions.contain import ContainmentResult, contain_grant, grantee_statements, public_statements
 from actions.ticket import open_or_update_ticket, render_repeat_comment, render_ticket
 from integrations.aws import AwsClients
 from integrations.state import Case, StateStore, case_key, new_case_id
-from playbooks.classify import (Classification, GrantKind, LayerRef, Response, classify_grant, grant_from_request,
-                                response_for)
+from playbooks.classify import (Classification, Grant, GrantKind, LayerRef, Response, classify_grant,
+                                grant_from_request, response_for)
 from playbooks.config import Config
 from playbooks.detection import Detection
 
@@ -58,104 +62,44 @@ class Outcome:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Assessment:
+    grant: Grant
+    classification: Classification
+    response: Response | None
+
+
 DECISION_BY_RESPONSE = {Response.APPROVE: "awaiting_approval", Response.NOTIFY: "notified"}
 
 
-def classify_detection(detection: Detection, config: Config) -> tuple[Classification, Response | None]:
+def assess(detection: Detection, config: Config, store: StateStore | None = None) -> Assessment:
+    """Classify the detection's grant, honouring grants an approver chose to keep."""
     layer = LayerRef(detection.layer_arn, detection.layer_name, detection.version, detection.layer_account_id)
     grant = grant_from_request(detection.principal, detection.organization_id)
-    classification = classify_grant(grant, layer, config.allowlists)
-    return classification, response_for(classification.kind, config.responses)
+    allow = config.allowlists
+    kept = store.active_exception(detection.layer_arn, grant.grantee) if store else None
+    if kept:
+        until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(kept.expires_at))
+        allow = replace(allow, kept_grants={(kept.layer_arn, kept.grantee):
+                                            f"kept by {kept.created_by} in case {kept.case_id} until {until}"})
+    classification = classify_grant(grant, layer, allow)
+    return Assessment(grant, classification, response_for(classification.kind, config.responses))
 
 
-def respond(detection: Detection, config: Config, services: Services, dry_run: bool = False) -> Outcome:
-    # 1. Classify (pure).
-    classification, response = classify_detection(detection, config)
-    grant = grant_from_request(detection.principal, detection.organization_id)
-    outcome = Outcome(
-        event_id=detection.event_id, case_id="", grant=classification.kind.value,
-        severity=classification.severity.value, decision="", reason=classification.reason,
-        layer_version_arn=detection.layer_version_arn, principal=detection.principal,
-        dry_run=dry_run, location=detection.location)
-    if config.aws.regions and detection.region not in config.aws.regions:
-        return _with(outcome, decision="skipped",
-                     reason=f"region {detection.region} is not in aws.regions ({', '.join(config.aws.regions)})")
-    target = is_public if classification.kind is GrantKind.PUBLIC else is_grantee(grant.grantee)
-
-    if dry_run:
-        return _preview(detection, services, response, target, outcome)
-
-    # 2. Record the case before acting (local state only).
-    store = services.store
-    case, event_state = _open_case(store, detection, classification, grant.grantee)
-    outcome = _with(outcome, case_id=case.case_id, ticket=case.ticket_key)
-    if event_state == "done":
-        return _with(outcome, decision="duplicate",
-                     reason=f"event {detection.event_id} was already handled in case {case.case_id}")
-    if response is None:
-        store.update_case(case.case_id, status="trusted", note=classification.reason)
-        store.finish_event(detection.event_id)
-        return _with(outcome, decision="trusted")
-
-    # 3. Contain at once: nothing but AWS happens before the grant is gone.
-    lambda_client = services.aws.lambda_client(detection.layer_account_id, detection.region)
-    containment: ContainmentResult | None = None
-    if response is Response.REVOKE:
-        try:
-            containment = contain_grant(lambda_client, detection.layer_arn, detection.version, target)
-        except Exception as exc:
-            store.update_case(case.case_id, status="failed", note=f"containment failed: {exc}")
-            return _with(outcome, decision="failed", errors=[f"containment failed: {exc}"])
-        case = store.update_case(
-            case.case_id, status=containment.status,
-            removed_statements=case.removed_statements + containment.removed,
-            note=f"{containment.status}: removed {', '.join(containment.removed_sids) or 'nothing'}")
-        outcome = _with(outcome, decision=containment.status, removed_statements=containment.removed_sids)
-    else:
-        outcome = _with(outcome, decision=DECISION_BY_RESPONSE[response])
-
-    # 4. Collect context (read-only, best effort).
-    context = collect_context(lambda_client, detection.layer_arn, detection.version)
-    outcome = _with(outcome, consumers=context.consumer_arns)
-
-    # 5. + 6. The ticket, then Slack; either failing leaves the event open for a retry.
-    errors: list[str] = []
-    try:
-        case = _ticket_step(services, config, case, detection, classification, response, containment, context,
-                            resumed=event_state == "in_progress")
-        outcome = _with(outcome, ticket=case.ticket_key)
-    except Exception as exc:
-        errors.append(str(exc))
-        store.update_case(case.case_id, note=f"ticket step failed: {exc}")
-    try:
-        case = _slack_step(services, config, case, detection, classification, response, containment, context)
-    except Exception as exc:
-        errors.append(str(exc))
-        store.update_case(case.case_id, note=f"Slack step failed: {exc}")
-    if response is not Response.REVOKE and case.status != outcome.decision:
-        case = store.update_case(case.case_id, status=outcome.decision, note=f"{outcome.decision}")
-    if errors:
-        return _with(outcome, errors=errors)
-    store.finish_event(detection.event_id)
-    return outcome
-
-
-# ----------------------------------------------------------------------------- steps
-
-
-def _open_case(store: StateStore, detection: Detection, classification: Classification,
-               grantee: str) -> tuple[Case, str]:
+def open_case(store: StateStore, detection: Detection, assessment: Assessment) -> tuple[Case, str]:
     """The case this event belongs to, and whether the event is new, in progress or done."""
     seen = store.event_status(detection.event_id)
     if seen:
         case = store.get_case(seen[0])
         if case is not None:
             return case, seen[1]
+    key = case_key(detection.layer_version_arn, assessment.grant.grantee)
+    earlier = store.latest_closed_case(key)
     candidate = Case(
-        case_id=new_case_id(), case_key=case_key(detection.layer_version_arn, grantee),
-        layer_version_arn=detection.layer_version_arn, grantee=grantee,
-        grant_kind=classification.kind.value, severity=classification.severity.value,
-        detection=_detection_record(detection))
+        case_id=new_case_id(), case_key=key, layer_version_arn=detection.layer_version_arn,
+        grantee=assessment.grant.grantee, grant_kind=assessment.classification.kind.value,
+        severity=assessment.classification.severity.value, detection=asdict(detection),
+        previous_ticket=earlier.ticket_key if earlier else "")
     case, _created = store.open_case(candidate)
     owner = store.claim_event(detection.event_id, case.case_id)
     if owner != case.case_id:  # another process claimed this event first
@@ -164,17 +108,95 @@ def _open_case(store: StateStore, detection: Detection, classification: Classifi
     return case, "new"
 
 
-def _ticket_step(services, config, case, detection, classification, response, containment, context, resumed):
-    if services.tickets is None or (resumed and case.ticket_key):
+def respond(detection: Detection, config: Config, services: Services, dry_run: bool = False) -> Outcome:
+    # 1. Classify (pure, plus the kept-grant exceptions from the store).
+    store = services.store
+    assessment = assess(detection, config, None if dry_run else store)
+    classification, response = assessment.classification, assessment.response
+    outcome = Outcome(
+        event_id=detection.event_id, case_id="", grant=classification.kind.value,
+        severity=classification.severity.value, decision="", reason=classification.reason,
+        layer_version_arn=detection.layer_version_arn, principal=detection.principal,
+        dry_run=dry_run, location=detection.location)
+    if config.aws.regions and detection.region not in config.aws.regions:
+        return replace(outcome, decision="skipped",
+                       reason=f"region {detection.region} is not in aws.regions ({', '.join(config.aws.regions)})")
+    select = public_statements if classification.kind is GrantKind.PUBLIC else grantee_statements(
+        assessment.grant.grantee)
+    if dry_run:
+        return _preview(detection, services, response, select, outcome)
+
+    # 2. Record the case before acting (local state only).
+    case, event_state = open_case(store, detection, assessment)
+    outcome = replace(outcome, case_id=case.case_id, ticket=case.ticket_key)
+    if event_state == "done":
+        return replace(outcome, decision="duplicate",
+                       reason=f"event {detection.event_id} was already handled in case {case.case_id}")
+    if response is None:
+        store.update_case(case.case_id, status="trusted", note=classification.reason)
+        store.finish_event(detection.event_id)
+        return replace(outcome, decision="trusted")
+
+    # 3. Contain at once: nothing but AWS happens before the grant is gone.
+    lambda_client = services.aws.lambda_client(detection.layer_account_id, detection.region)
+    containment: ContainmentResult | None = None
+    if response is Response.REVOKE:
+        try:
+            containment = contain_grant(lambda_client, detection.layer_arn, detection.version, select)
+        except Exception as exc:
+            store.update_case(case.case_id, status="failed", note=f"containment failed: {exc}")
+            return replace(outcome, decision="failed", errors=[f"containment failed: {exc}"])
+        case = store.update_case(
+            case.case_id, status=containment.status,
+            removed_statements=case.removed_statements + containment.removed,
+            note=f"{containment.status}: removed {', '.join(containment.removed_sids) or 'nothing'}")
+        outcome = replace(outcome, decision=containment.status, removed_statements=containment.removed_sids)
+    else:
+        outcome = replace(outcome, decision=DECISION_BY_RESPONSE[response])
+        if case.status != outcome.decision and case.is_open:
+            case = store.update_case(case.case_id, status=outcome.decision, note=classification.reason)
+
+    # 4. Collect context (read-only, best effort).
+    context = collect_context(lambda_client, detection.layer_arn, detection.version)
+    outcome = replace(outcome, consumers=context.consumer_arns)
+
+    # 5. + 6. The ticket, then Slack; either failing leaves the event open for a retry.
+    done_steps = store.event_steps(detection.event_id)
+    errors: list[str] = []
+    for step, run in (("ticket", _ticket_step), ("slack", _slack_step)):
+        if step in done_steps:
+            continue
+        try:
+            case = run(services, config, case, detection, classification, response, containment, context)
+            store.mark_event_step(detection.event_id, step)
+        except Exception as exc:
+            errors.append(str(exc))
+            store.update_case(case.case_id, note=f"{step} step failed: {exc}")
+    outcome = replace(outcome, ticket=case.ticket_key)
+    if errors:
+        return replace(outcome, errors=errors)
+    store.finish_event(detection.event_id)
+    return outcome
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _ticket_step(services, config, case, detection, classification, response, containment, context):
+    if services.tickets is None:
         return case
     fields = render_ticket(case.case_id, detection, classification, response, containment, context,
-                           config.jira.priorities)
-    return open_or_update_ticket(services.tickets, services.store, case, fields,
+                           config.jira.priorities, previous_ticket=case.previous_ticket)
+    created = not case.ticket_key
+    case = open_or_update_ticket(services.tickets, services.store, case, fields,
                                  render_repeat_comment(detection, containment))
+    if created and case.previous_ticket:
+        services.tickets.link(case.ticket_key, case.previous_ticket)
+    return case
 
 
 def _slack_step(services, config, case, detection, classification, response, containment, context):
-    if services.chat is None:
+    if services.chat is None or case.slack_ts:
         return case
     ticket_url = services.tickets.browse_url(case.ticket_key) if services.tickets and case.ticket_key else ""
     if response is Response.APPROVE:
@@ -187,25 +209,17 @@ def _slack_step(services, config, case, detection, classification, response, con
     return post_case_message(services.chat, services.store, case, config.slack.channel, text, blocks)
 
 
-def _preview(detection: Detection, services: Services, response: Response | None, target,
+def _preview(detection: Detection, services: Services, response: Response | None, select,
              outcome: Outcome) -> Outcome:
     """--dry-run: read-only AWS calls, nothing written anywhere."""
     if response is None:
-        return _with(outcome, decision="trusted")
+        return replace(outcome, decision="trusted")
     lambda_client = services.aws.lambda_client(detection.layer_account_id, detection.region)
-    context = collect_context(lambda_client, detection.layer_arn, detection.version)
+    context: LayerContext = collect_context(lambda_client, detection.layer_arn, detection.version)
     if response is Response.REVOKE:
-        preview = contain_grant(lambda_client, detection.layer_arn, detection.version, target, dry_run=True)
+        preview = contain_grant(lambda_client, detection.layer_arn, detection.version, select, dry_run=True)
         decision = "contained" if preview.status == "would_contain" else preview.status
-        return _with(outcome, decision=decision, removed_statements=preview.removed_sids,
-                     consumers=context.consumer_arns,
-                     reason=f"{outcome.reason} (dry run: would remove {', '.join(preview.removed_sids) or 'nothing'})")
-    return _with(outcome, decision=DECISION_BY_RESPONSE[response], consumers=context.consumer_arns)
-
-
-def _detection_record(detection: Detection) -> dict:
-    return asdict(detection)
-
-
-def _with(outcome: Outcome, **changes) -> Outcome:
-    return replace(outcome, **changes)
+        return replace(outcome, decision=decision, removed_statements=preview.removed_sids,
+                       consumers=context.consumer_arns,
+                       reason=f"{outcome.reason} (dry run: would remove {', '.join(preview.removed_sids) or 'nothing'})")
+    return replace(outcome, decision=DECISION_BY_RESPONSE[response], consumers=context.consumer_arns)

@@ -47,6 +47,9 @@ class JiraEmulator(HttpEmulator):
         self.route("POST", f"{API}/issue/(?P<key>[^/]+)/transitions", self._transition)
         self.route("GET", f"{API}/search", self._search)
         self.route("POST", f"{API}/issueLink", self._link)
+        self.route("GET", f"{API}/issueLinkType", lambda r: Reply(200, {"issueLinkTypes": [
+            {"id": "10000", "name": "Relates", "inward": "relates to", "outward": "relates to"},
+            {"id": "10001", "name": "Duplicate", "inward": "is duplicated by", "outward": "duplicates"}]}))
 
     # -- auth: Basic (Cloud: email + API token) or Bearer (Server/DC personal access token)
 

@@ -10,7 +10,7 @@ from botocore.stub import Stubber
 from moto import mock_aws
 
 from actions.collect_context import collect_context, consumers_of_layer
-from actions.contain import ContainmentFailed, contain_grant, is_grantee, is_public
+from actions.contain import ContainmentFailed, case_statements, contain_grant, grantee_statements, public_statements
 from integrations.retry import BOTOCORE_CONFIG
 from integrations.sandbox.aws_server import FAKE_CREDENTIALS, apply_moto_fixes
 
@@ -55,7 +55,7 @@ def test_removes_every_public_statement_and_only_those(lam):
     grant(lam, "partner", "210987654321")
     grant(lam, "org", "*", "o-abc123def4")
     grant(lam, "pub-2", "*")
-    result = contain_grant(lam, LAYER_ARN, 1, is_public)
+    result = contain_grant(lam, LAYER_ARN, 1, public_statements)
     assert result.status == "contained"
     assert result.removed_sids == ["pub-1", "pub-2"]
     assert sids(lam) == ["partner", "org"]
@@ -65,20 +65,20 @@ def test_removes_every_public_statement_and_only_those(lam):
 
 def test_one_public_statement_takes_three_calls(lam):
     grant(lam, "pub", "*")
-    result = contain_grant(lam, LAYER_ARN, 1, is_public)
+    result = contain_grant(lam, LAYER_ARN, 1, public_statements)
     assert (result.status, result.aws_calls) == ("contained", 3)
     assert sids(lam) == []
 
 
 def test_grant_already_gone_counts_as_contained(lam):
     grant(lam, "partner", "210987654321")
-    result = contain_grant(lam, LAYER_ARN, 1, is_public)
+    result = contain_grant(lam, LAYER_ARN, 1, public_statements)
     assert (result.status, result.removed) == ("already_contained", ())
 
 
 def test_dry_run_changes_nothing(lam):
     grant(lam, "pub", "*")
-    result = contain_grant(lam, LAYER_ARN, 1, is_public, dry_run=True)
+    result = contain_grant(lam, LAYER_ARN, 1, public_statements, dry_run=True)
     assert result.status == "would_contain" and result.removed_sids == ["pub"]
     assert sids(lam) == ["pub"]
 
@@ -87,7 +87,7 @@ def test_grantee_target_removes_both_principal_spellings(lam):
     grant(lam, "a", "210987654321")
     grant(lam, "b", "arn:aws:iam::210987654321:root")
     grant(lam, "c", "111122223333")
-    result = contain_grant(lam, LAYER_ARN, 1, is_grantee("account:210987654321"))
+    result = contain_grant(lam, LAYER_ARN, 1, grantee_statements("account:210987654321"))
     assert result.removed_sids == ["a", "b"]
     assert sids(lam) == ["c"]
 
@@ -102,7 +102,7 @@ def test_policy_changed_between_read_and_remove_is_re_read_and_re_decided(lam):
             grant(lam, "pub-late", "*")  # moves the revision id: our guarded remove must fail
 
     lam.meta.events.register("before-call.lambda.RemoveLayerVersionPermission", someone_adds_another_public_grant)
-    result = contain_grant(lam, LAYER_ARN, 1, is_public)
+    result = contain_grant(lam, LAYER_ARN, 1, public_statements)
     assert raced and result.status == "contained"
     assert sorted(result.removed_sids) == ["pub", "pub-late"]
     assert sids(lam) == []
@@ -117,7 +117,7 @@ def test_statement_removed_by_someone_else_meanwhile(lam):
             other.remove_layer_version_permission(LayerName="utils", VersionNumber=1, StatementId="pub")
 
     lam.meta.events.register("before-call.lambda.RemoveLayerVersionPermission", someone_removes_it_first)
-    result = contain_grant(lam, LAYER_ARN, 1, is_public)
+    result = contain_grant(lam, LAYER_ARN, 1, public_statements)
     assert result.status == "already_contained"
     assert sids(lam) == []
 
@@ -141,7 +141,7 @@ def test_real_aws_policy_shapes_with_stubber():
                           {"LayerName": LAYER_ARN, "VersionNumber": 1, "StatementId": "world", "RevisionId": "rev-1"})
         stub.add_response("get_layer_version_policy", {"Policy": json.dumps(after), "RevisionId": "rev-2"},
                           {"LayerName": LAYER_ARN, "VersionNumber": 1})
-        result = contain_grant(client, LAYER_ARN, 1, is_public)
+        result = contain_grant(client, LAYER_ARN, 1, public_statements)
         stub.assert_no_pending_responses()
     assert result.removed_sids == ["world"]
 
@@ -160,7 +160,7 @@ def test_stale_revision_from_aws_is_retried_with_stubber():
                           {"LayerName": LAYER_ARN, "VersionNumber": 1, "StatementId": "world", "RevisionId": "rev-2"})
         stub.add_client_error("get_layer_version_policy", "ResourceNotFoundException", http_status_code=404,
                               service_message="No policy is associated with the given resource.")
-        result = contain_grant(client, LAYER_ARN, 1, is_public)
+        result = contain_grant(client, LAYER_ARN, 1, public_statements)
     assert result.status == "contained" and result.aws_calls == 5
 
 
@@ -174,7 +174,7 @@ def test_a_policy_that_never_settles_fails_loudly():
             stub.add_client_error("remove_layer_version_permission", "PreconditionFailedException",
                                   http_status_code=412)
         with pytest.raises(ContainmentFailed, match="still grants access"):
-            contain_grant(client, LAYER_ARN, 1, is_public)
+            contain_grant(client, LAYER_ARN, 1, public_statements)
 
 
 # ----------------------------------------------------------------------------- context

@@ -15,7 +15,7 @@ from integrations.sandbox.world import cloudtrail_record
 from playbooks.classify import Response
 from playbooks.config import DEFAULT_PRIORITIES
 from playbooks.detection import Actor, detection_from_record
-from playbooks.layer_exposure import classify_detection
+from playbooks.layer_exposure import assess
 from tests.unit.test_config import minimal_config
 
 HOSTILE = {
@@ -53,7 +53,8 @@ CONTAINED = ContainmentResult("contained", ({"Sid": "pub[x|http://evil]", "Princ
 
 def render():
     detection = hostile_detection()
-    classification, response = classify_detection(detection, minimal_config())
+    assessment = assess(detection, minimal_config())
+    classification, response = assessment.classification, assessment.response
     return detection, render_ticket("LG-1", detection, classification, response, CONTAINED, context(),
                                     dict(DEFAULT_PRIORITIES))
 
@@ -111,7 +112,8 @@ def all_text(blocks) -> str:
 
 def test_approval_message_has_both_buttons_carrying_the_case_id():
     detection = hostile_detection()
-    classification, _ = classify_detection(replace(detection, principal="210987654321"), minimal_config())
+    assessment = assess(replace(detection, principal="210987654321"), minimal_config())
+    classification, _ = assessment.classification, assessment.response
     blocks = approval_blocks("LG-7", detection, classification, context(), "SEC-9", "http://jira/browse/SEC-9")
     buttons = [e for b in blocks if b["type"] == "actions" for e in b["elements"]]
     assert [(b["action_id"], b["value"]) for b in buttons] == [(ActionId.REVOKE.value, "LG-7"),
@@ -121,7 +123,8 @@ def test_approval_message_has_both_buttons_carrying_the_case_id():
 
 def test_slack_text_is_escaped():
     detection = hostile_detection()
-    classification, _ = classify_detection(detection, minimal_config())
+    assessment = assess(detection, minimal_config())
+    classification, _ = assessment.classification, assessment.response
     for blocks in (approval_blocks("LG-7", detection, classification, context(), "", ""),
                    notification_blocks("LG-7", detection, classification, context(), CONTAINED, "SEC-1", "http://j")):
         text = all_text(blocks)
@@ -136,15 +139,18 @@ def test_escape_mrkdwn():
 
 def test_notification_for_contained_grant_names_removed_statements():
     detection = hostile_detection()
-    classification, _ = classify_detection(detection, minimal_config())
+    assessment = assess(detection, minimal_config())
+    classification, _ = assessment.classification, assessment.response
     blocks = notification_blocks("LG-7", detection, classification, context(), CONTAINED, "SEC-1", "http://j")
     assert "removed and verified" in all_text(blocks)
-    assert not any(b["type"] == "actions" for b in blocks)
+    [restore] = [e for b in blocks if b["type"] == "actions" for e in b["elements"]]
+    assert (restore["action_id"], restore["value"]) == (ActionId.RESTORE.value, "LG-7")
 
 
 def test_describe_actions_for_approval():
     detection = replace(hostile_detection(), principal="210987654321")
-    classification, response = classify_detection(detection, minimal_config())
+    assessment = assess(detection, minimal_config())
+    classification, response = assessment.classification, assessment.response
     fields = render_ticket("LG-2", detection, classification, response, None, context(), dict(DEFAULT_PRIORITIES))
     assert response is Response.APPROVE
     assert "Approval requested in Slack" in fields.description
