@@ -6,6 +6,7 @@ in the state store, so nothing in a (forgeable) payload decides what is revoked.
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 
 from actions.collect_context import LayerContext
@@ -118,3 +119,17 @@ def post_case_message(chat, store, case, channel: str, text: str, blocks: list[d
     posted = chat.post(channel, text, blocks)
     return store.update_case(case.case_id, slack_channel=posted.channel, slack_ts=posted.ts, slack_blocks=blocks,
                              note=f"Slack message {posted.ts} posted in {posted.channel}")
+
+
+SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
+
+
+def mention(user_id: str) -> str:
+    """A Slack mention for a validated user id; anything else is shown as escaped text."""
+    return f"<@{user_id}>" if SLACK_USER_ID.match(user_id or "") else escape_mrkdwn(user_id)
+
+
+def decided_blocks(original: list[dict], outcome_mrkdwn: str) -> list[dict]:
+    """The case's message with its buttons replaced by what was decided."""
+    kept = [b for b in original if b.get("type") != "actions"]
+    return kept + [{"type": "section", "block_id": "outcome", "text": {"type": "mrkdwn", "text": outcome_mrkdwn}}]

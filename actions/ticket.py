@@ -182,3 +182,8 @@ def open_or_update_ticket(tickets, store, case, fields: TicketFields, repeat_com
         return store.update_case(case.case_id, note=f"repeat detection commented on {case.ticket_key}")
     key = tickets.create(fields)
     return store.update_case(case.case_id, ticket_key=key, note=f"ticket {key} opened")
+
+
+def render_case_comment(title: str, rows: Sequence[tuple[str, object]]) -> str:
+    """A follow-up comment: a bold title and a two-column table, everything escaped."""
+    return f"*{escape_jira(title)}*\n\n{_table(rows)}"

@@ -67,7 +67,7 @@ class Job:
     case_id: str
     payload: dict
     attempts: int
-    steps: frozenset[str]
+    steps: dict[str, str]  # step done -> what it found, so a resumed job can report it
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class StateStore(Protocol):
                         job_kind: str, payload: dict | None = None) -> tuple[Case | None, bool]: ...
     def enqueue(self, kind: str, case_id: str, payload: dict | None = None) -> int: ...
     def claim_job(self, lease_seconds: float = 300.0) -> Job | None: ...
-    def mark_job_step(self, job_id: int, step: str) -> None: ...
+    def mark_job_step(self, job_id: int, step: str, detail: str = "") -> None: ...
     def finish_job(self, job_id: int) -> None: ...
     def retry_job(self, job_id: int, error: str, delay_seconds: float) -> None: ...
     def release_running_jobs(self) -> int: ...
@@ -162,7 +162,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     payload TEXT NOT NULL DEFAULT '{}',
     status TEXT NOT NULL DEFAULT 'pending',
     attempts INTEGER NOT NULL DEFAULT 0,
-    steps TEXT NOT NULL DEFAULT '[]',
+    steps TEXT NOT NULL DEFAULT '{}',
     not_before REAL NOT NULL DEFAULT 0,
     lease_until REAL NOT NULL DEFAULT 0,
     last_error TEXT NOT NULL DEFAULT '',
@@ -369,12 +369,13 @@ class SQLiteStateStore:
             db.execute("UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_until = ? WHERE job_id = ?",
                        (now + lease_seconds, row["job_id"]))
         return Job(row["job_id"], row["kind"], row["case_id"], json.loads(row["payload"]), row["attempts"] + 1,
-                   frozenset(json.loads(row["steps"])))
+                   json.loads(row["steps"]))
 
-    def mark_job_step(self, job_id: int, step: str) -> None:
+    def mark_job_step(self, job_id: int, step: str, detail: str = "") -> None:
         with self._tx() as db:
-            steps = set(json.loads(db.execute("SELECT steps FROM jobs WHERE job_id = ?", (job_id,)).fetchone()[0]))
-            db.execute("UPDATE jobs SET steps = ? WHERE job_id = ?", (json.dumps(sorted(steps | {step})), job_id))
+            steps = json.loads(db.execute("SELECT steps FROM jobs WHERE job_id = ?", (job_id,)).fetchone()[0])
+            steps[step] = detail
+            db.execute("UPDATE jobs SET steps = ? WHERE job_id = ?", (json.dumps(steps), job_id))
 
     def finish_job(self, job_id: int) -> None:
         with self._tx() as db:
@@ -393,7 +394,7 @@ class SQLiteStateStore:
     def pending_jobs(self) -> list[tuple[Job, str]]:
         rows = self._db().execute("SELECT * FROM jobs WHERE status != 'done' ORDER BY job_id").fetchall()
         return [(Job(r["job_id"], r["kind"], r["case_id"], json.loads(r["payload"]), r["attempts"],
-                     frozenset(json.loads(r["steps"]))), r["last_error"]) for r in rows]
+                     json.loads(r["steps"])), r["last_error"]) for r in rows]
 
     # -- exceptions (a kept grant, trusted until it expires)
 

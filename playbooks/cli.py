@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from datetime import datetime, timezone
 from typing import Sequence, TextIO
 
@@ -63,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     cases = with_config(commands.add_parser("cases", help="list cases and their status"))
     cases.add_argument("--json", action="store_true")
 
+    serve = with_config(commands.add_parser("serve", help="Slack interactivity endpoint, detection webhook, health"))
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=3000)
+
+    with_config(commands.add_parser("expire", help="send reminders, apply approval timeouts and run pending jobs once"))
+
     commands.add_parser("demo", help="run the whole story against local AWS, Jira and Slack stand-ins")
     return parser
 
@@ -83,7 +91,52 @@ def main(argv: Sequence[str] | None = None, stdin=None, stdout: TextIO | None = 
         return EXIT_BAD_INPUT
     if args.command == "cases":
         return _cases(config, args.json, out)
+    if args.command == "serve":
+        return _serve(config, args, out)
+    if args.command == "expire":
+        return _expire(config, out)
     return _respond(config, args, stdin, out)
+
+
+def _serve(config: Config, args, out: TextIO) -> int:
+    from playbooks.service import LayerGuardService, webhook_token_from_environment
+
+    secrets = Secrets.from_environment()
+    try:
+        services = build_services(config, secrets)
+        if not secrets.slack_signing_secret:
+            raise SetupError("environment variable SLACK_SIGNING_SECRET is not set")
+    except SetupError as exc:
+        print(f"layerguard: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    token = webhook_token_from_environment()
+    service = LayerGuardService(config, services, secrets.slack_signing_secret, token, args.host, args.port)
+    service.start()
+    print(f"layerguard serving on {service.url} (POST /slack/actions, POST /detections"
+          f"{'' if token else ' [disabled: no LAYERGUARD_WEBHOOK_TOKEN]'}, GET /healthz)", file=out, flush=True)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    service.stop()
+    return EXIT_OK
+
+
+def _expire(config: Config, out: TextIO) -> int:
+    from playbooks.approvals import expire_due
+    from playbooks.worker import Worker
+
+    try:
+        services = build_services(config, Secrets.from_environment())
+    except SetupError as exc:
+        print(f"layerguard: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for line in expire_due(config, services.store):
+        print(line, file=out)
+    ran = Worker(config, services).drain()
+    pending = services.store.pending_jobs()
+    print(f"ran {ran} job(s); {len(pending)} still pending", file=out)
+    return EXIT_OK if not pending else 1
 
 
 def _respond(config: Config, args, stdin, out: TextIO) -> int:
@@ -132,13 +185,31 @@ def _cases(config: Config, as_json: bool, out: TextIO) -> int:
                 "case_id": case.case_id, "status": case.status, "grant": case.grant_kind, "severity": case.severity,
                 "layer_version_arn": case.layer_version_arn, "grantee": case.grantee, "ticket": case.ticket_key,
                 "slack_ts": case.slack_ts, "removed_statements": [s.get("Sid") for s in case.removed_statements],
+                "decision": case.decision, "decision_by": case.decision_by,
                 "history": [{"at": h.at, "status": h.status, "note": h.note} for h in store.history(case.case_id)],
             }, sort_keys=True), file=out)
         else:
-            updated = datetime.fromtimestamp(case.updated_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+            updated = _utc(case.updated_at)
             print(f"{case.case_id}  {case.status:<18} {case.grant_kind:<20} {case.layer_version_arn}  "
                   f"{case.grantee}  ticket={case.ticket_key or '-'}  updated={updated}", file=out)
+    for exception in store.list_exceptions():
+        line = {"exception": {"layer_arn": exception.layer_arn, "grantee": exception.grantee,
+                              "expires_at": _utc(exception.expires_at), "kept_by": exception.created_by,
+                              "case_id": exception.case_id}}
+        print(json.dumps(line, sort_keys=True) if as_json else
+              f"exception  {exception.grantee} on {exception.layer_arn} trusted until {_utc(exception.expires_at)} "
+              f"(kept by {exception.created_by}, case {exception.case_id})", file=out)
+    for job, error in store.pending_jobs():
+        line = {"pending": {"job": job.job_id, "kind": job.kind, "case_id": job.case_id, "attempts": job.attempts,
+                            "last_error": error}}
+        print(json.dumps(line, sort_keys=True) if as_json else
+              f"pending    {job.kind} for {job.case_id} (attempts {job.attempts}{', ' + error if error else ''})",
+              file=out)
     return EXIT_OK
+
+
+def _utc(at: float) -> str:
+    return datetime.fromtimestamp(at, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 if __name__ == "__main__":

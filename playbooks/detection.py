@@ -407,3 +407,10 @@ def _text(value: Any) -> str:
 def _type_name(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "text", int: "a number", float: "a number",
             bool: "true/false", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def detection_from_dict(data: dict) -> Detection:
+    """Rebuild a Detection stored as a plain dict (state store, job payloads)."""
+    fields = dict(data)
+    fields["actor"] = Actor(**(fields.get("actor") or {}))
+    return Detection(**fields)

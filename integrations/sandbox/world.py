@@ -73,14 +73,18 @@ class SandboxWorld:
     def environment(self) -> dict[str, str]:
         return dict(FAKE_CREDENTIALS, AWS_ENDPOINT_URL=self.moto.url, **SANDBOX_SECRETS)
 
-    def write_config(self, name: str = "config.yaml", **policy) -> Path:
+    def write_config(self, name: str = "config.yaml", approval: dict | None = None, slack: dict | None = None,
+                     **policy) -> Path:
         """A config pointing at this world's emulators; keyword arguments go under ``policy``."""
         config = {
             "aws": {"regions": [REGION]},
             "policy": {"own_organization_id": "o-ourorg1234", **policy},
             "jira": {"url": self.jira.url, "project": "SEC", "issue_type": "Task"},
-            "slack": {"api_url": self.slack.api_url, "channel": "#security-alerts", "approvers": ["U0APPROVER"]},
+            "slack": {"api_url": self.slack.api_url, "channel": "#security-alerts", "approvers": ["U0APPROVER"],
+                      **(slack or {})},
             "state": {"path": str(self.state_path)},
+            "approval": approval or {},
+            "service": {"check_interval": "1s"},
         }
         path = self.workdir / name
         path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -1,0 +1,74 @@
+"""The job worker: runs what was recorded before an ack (or by the webhook, or by
+expiry), with retries that never drop a job. The one place that decides a job's
+retry and back-off; each external call inside already has its own retry policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from integrations.state import Job
+from playbooks.approvals import apply_decision, notify_user, remind_or_escalate
+from playbooks.config import Config
+from playbooks.detection import detection_from_dict
+from playbooks.layer_exposure import Services, respond
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF_SECONDS = 300.0
+
+
+def run_respond_job(job: Job, config: Config, services: Services) -> None:
+    outcome = respond(detection_from_dict(job.payload["detection"]), config, services)
+    if outcome.errors:
+        raise RuntimeError("; ".join(outcome.errors))
+
+
+HANDLERS: dict[str, Callable[[Job, Config, Services], None]] = {
+    "respond": run_respond_job,
+    "apply_decision": apply_decision,
+    "notify_refusal": notify_user,
+    "notify_already_decided": notify_user,
+    "remind": remind_or_escalate,
+    "escalate": remind_or_escalate,
+}
+
+
+class Worker:
+    def __init__(self, config: Config, services: Services):
+        self.config = config
+        self.services = services
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+
+    def run_once(self) -> bool:
+        """Run one ready job; False when none is ready."""
+        store = self.services.store
+        job = store.claim_job()
+        if job is None:
+            return False
+        try:
+            HANDLERS[job.kind](job, self.config, self.services)
+        except Exception as exc:
+            delay = min(MAX_BACKOFF_SECONDS, 2.0 ** min(job.attempts, 10))
+            log.warning("job %s (%s, case %s) failed, attempt %s, retry in %.0fs: %s",
+                        job.job_id, job.kind, job.case_id, job.attempts, delay, exc)
+            store.retry_job(job.job_id, f"{type(exc).__name__}: {exc}", delay)
+            store.update_case(job.case_id, note=f"{job.kind} failed (attempt {job.attempts}), will retry: {exc}")
+            return True
+        store.finish_job(job.job_id)
+        return True
+
+    def drain(self) -> int:
+        """Run every ready job (for `layerguard expire` and tests); returns how many ran."""
+        count = 0
+        while self.run_once():
+            count += 1
+        return count
+
+    def run_forever(self, poll_seconds: float = 1.0) -> None:
+        while not self.stopping.is_set():
+            if not self.run_once():
+                self.wake.wait(poll_seconds)
+                self.wake.clear()
