@@ -60,6 +60,7 @@ class HttpServer:
         self._routes: list[Route] = []
         self._lock = threading.RLock()
         self.request_log: deque[tuple[float, str, str]] = deque(maxlen=100_000)
+        self.in_flight = 0  # requests being handled now
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -73,7 +74,10 @@ class HttpServer:
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # Slack may send bursts; the default backlog of 5 resets connections
+
+        self._server = Server((host, port), Handler)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -109,6 +113,15 @@ class HttpServer:
         return None
 
     def _dispatch(self, handler: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self.in_flight += 1
+        try:
+            self._handle(handler)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         parts = urlsplit(handler.path)
         try:
             length = int(handler.headers.get("Content-Length") or 0)

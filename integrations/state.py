@@ -100,7 +100,7 @@ class StateStore(Protocol):
     def mark_event_step(self, event_id: str, step: str) -> None: ...
     def finish_event(self, event_id: str) -> None: ...
     def record_decision(self, case_id: str, decision: str, by: str, allowed_statuses: Iterable[str],
-                        job_kind: str, payload: dict | None = None) -> tuple[Case | None, bool]: ...
+                        job_kind: str, payload: dict | None = None) -> bool: ...
     def enqueue(self, kind: str, case_id: str, payload: dict | None = None) -> int: ...
     def claim_job(self, lease_seconds: float = 300.0) -> Job | None: ...
     def mark_job_step(self, job_id: int, step: str, detail: str = "") -> None: ...
@@ -189,6 +189,7 @@ class SQLiteStateStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.clock = clock
         self._local = threading.local()
+        self._write_lock = threading.Lock()
         self._db().executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
 
     # -- plumbing
@@ -204,18 +205,29 @@ class SQLiteStateStore:
         return db
 
     class _Tx:
-        def __init__(self, db: sqlite3.Connection):
-            self.db = db
+        """A write transaction. Threads of one process queue on a lock rather than on
+        SQLite's busy handler, whose sleeps grow to 100 ms under contention."""
+
+        def __init__(self, db: sqlite3.Connection, lock: threading.Lock):
+            self.db, self.lock = db, lock
 
         def __enter__(self) -> sqlite3.Connection:
-            self.db.execute("BEGIN IMMEDIATE")
+            self.lock.acquire()
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                self.lock.release()
+                raise
             return self.db
 
         def __exit__(self, exc_type, *_):
-            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            try:
+                self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+            finally:
+                self.lock.release()
 
     def _tx(self) -> "_Tx":
-        return self._Tx(self._db())
+        return self._Tx(self._db(), self._write_lock)
 
     def ping(self) -> None:
         self._db().execute("SELECT 1").fetchone()
@@ -333,37 +345,38 @@ class SQLiteStateStore:
     # -- decisions and jobs
 
     def record_decision(self, case_id: str, decision: str, by: str, allowed_statuses: Iterable[str],
-                        job_kind: str, payload: dict | None = None) -> tuple[Case | None, bool]:
+                        job_kind: str, payload: dict | None = None) -> bool:
         """Conditionally record the case's one decision with the job that applies it.
 
-        Returns (case, True) for the winner; (case as it stands, False) when the case
-        was already decided or is not in one of ``allowed_statuses``.
+        True for the winner; False when the case was already decided or is not in one
+        of ``allowed_statuses``. Kept to three statements: it runs inside Slack's ack.
         """
         statuses = list(allowed_statuses)
         now = self.clock()
         with self._tx() as db:
-            cursor = db.execute(
+            row = db.execute(
                 f"UPDATE cases SET decision = ?, decision_by = ?, decision_at = ?, updated_at = ? "
-                f"WHERE case_id = ? AND decision = '' AND status IN ({', '.join('?' for _ in statuses)})",
-                (decision, by, now, now, case_id, *statuses))
-            won = cursor.rowcount == 1
-            if won:
-                row = db.execute("SELECT status FROM cases WHERE case_id = ?", (case_id,)).fetchone()
-                self._history(db, case_id, row[0], f"decision recorded: {decision} by {by}")
-                self._enqueue(db, job_kind, case_id, payload)
-            row = db.execute("SELECT * FROM cases WHERE case_id = ?", (case_id,)).fetchone()
-        return (self._row_to_case(row) if row else None), won
+                f"WHERE case_id = ? AND decision = '' AND status IN ({', '.join('?' for _ in statuses)}) "
+                f"RETURNING status", (decision, by, now, now, case_id, *statuses)).fetchone()
+            if row is None:
+                return False
+            self._history(db, case_id, row[0], f"decision recorded: {decision} by {by}")
+            self._enqueue(db, job_kind, case_id, payload)
+        return True
 
     def enqueue(self, kind: str, case_id: str, payload: dict | None = None) -> int:
         with self._tx() as db:
             return self._enqueue(db, kind, case_id, payload)
 
+    _READY = ("SELECT * FROM jobs WHERE (status = 'pending' AND not_before <= ?) "
+              "OR (status = 'running' AND lease_until < ?) ORDER BY job_id LIMIT 1")
+
     def claim_job(self, lease_seconds: float = 300.0) -> Job | None:
         now = self.clock()
+        if self._db().execute(self._READY, (now, now)).fetchone() is None:
+            return None  # the common idle answer, without taking the write lock
         with self._tx() as db:
-            row = db.execute(
-                "SELECT * FROM jobs WHERE (status = 'pending' AND not_before <= ?) "
-                "OR (status = 'running' AND lease_until < ?) ORDER BY job_id LIMIT 1", (now, now)).fetchone()
+            row = db.execute(self._READY, (now, now)).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_until = ? WHERE job_id = ?",

@@ -145,9 +145,9 @@ def handle_click(click: Click, config: Config, store: StateStore, approvers: App
         store.enqueue("notify_refusal", case.case_id, {**notice, "action": click.action_id, "reason": why})
         return ClickResult("refused", why)
     rule = RULES[click.action_id]
-    case, won = store.record_decision(case.case_id, rule.decision, click.user_id, rule.allowed_statuses,
-                                      "apply_decision", {"user_name": click.user_name})
-    if not won:
+    if not store.record_decision(case.case_id, rule.decision, click.user_id, rule.allowed_statuses,
+                                 "apply_decision", {"user_name": click.user_name}):
+        case = store.get_case(case.case_id)
         already = (f"already decided by {case.decision_by}" if case.decision
                    else f"the case is {case.status}, not waiting for this decision")
         store.enqueue("notify_already_decided", case.case_id, {**notice, "reason": already})
@@ -269,9 +269,8 @@ def expire_due(config: Config, store: StateStore) -> list[str]:
                     scheduled.append(f"{case.case_id}: escalate")
                 continue
             rule = RULES[ActionId.REVOKE.value if on_timeout is OnTimeout.REVOKE else ActionId.KEEP.value]
-            _, won = store.record_decision(case.case_id, rule.decision, TIMEOUT_ACTOR, rule.allowed_statuses,
-                                           "apply_decision")
-            if won:
+            if store.record_decision(case.case_id, rule.decision, TIMEOUT_ACTOR, rule.allowed_statuses,
+                                     "apply_decision"):
                 scheduled.append(f"{case.case_id}: {rule.decision} (timeout)")
         elif config.approval.remind_after_seconds and age >= config.approval.remind_after_seconds and not case.reminded_at:
             store.update_case(case.case_id, reminded_at=now, note="reminder sent")

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import asdict
 from urllib.parse import parse_qs
 
@@ -39,7 +40,7 @@ class LayerGuardService(HttpServer):
         self.verifier = verifier or SignatureVerifier(signing_secret)
         self.webhook_token = webhook_token
         self.approvers = Approvers(config.slack, services.chat)
-        self.worker = Worker(config, services)
+        self.worker = Worker(config, services, busy=lambda: self.in_flight > 0)
         self._threads: list[threading.Thread] = []
         self.route("POST", "/slack/actions", self.slack_actions)
         self.route("POST", "/detections", self.detections)
@@ -60,8 +61,7 @@ class LayerGuardService(HttpServer):
         return super().start()
 
     def stop(self) -> None:
-        self.worker.stopping.set()
-        self.worker.wake.set()
+        self.worker.stop()
         super().stop()
         for thread in self._threads:
             thread.join(timeout=10)
@@ -74,14 +74,16 @@ class LayerGuardService(HttpServer):
     def _expiry_loop(self) -> None:
         while not self.worker.stopping.wait(self.config.service.check_interval_seconds):
             try:
-                if expire_due(self.config, self.services.store):
-                    self.worker.wake.set()
+                scheduled = expire_due(self.config, self.services.store)
+                if scheduled:
+                    self.worker.notify(len(scheduled))
             except Exception:
                 log.exception("expiry check failed")
 
     # -- POST /slack/actions
 
     def slack_actions(self, request: Request) -> Reply:
+        started = time.perf_counter()
         if not self.verifier.is_valid_request(request.body, request.headers):
             return Reply(401, {"error": "invalid signature or stale timestamp"})
         try:
@@ -91,9 +93,10 @@ class LayerGuardService(HttpServer):
             reason = str(exc) if isinstance(exc, BadClick) else "no JSON payload field"
             return Reply(200, {"ignored": reason})  # signed by Slack, but not ours to act on
         result = handle_click(click, self.config, self.services.store, self.approvers)
-        self.worker.wake.set()
-        log.info("click %s on %s by %s: %s (%s)", click.action_id, click.case_id, click.user_id,
-                 result.status, result.message)
+        if result.status != "ignored":
+            self.worker.notify()
+        log.info("click %s on %s by %s: %s (%s) in %.1f ms", click.action_id, click.case_id, click.user_id,
+                 result.status, result.message, (time.perf_counter() - started) * 1000)
         return Reply(200, b"")
 
     # -- POST /detections
@@ -115,7 +118,7 @@ class LayerGuardService(HttpServer):
                 accepted.append({"event_id": item.event_id, "case_id": "", "status": "skipped", "reason": item.reason})
                 continue
             accepted.append(self._accept_detection(item))
-        self.worker.wake.set()
+        self.worker.notify(len(accepted))
         return Reply(202, {"accepted": accepted, "case_ids": [a["case_id"] for a in accepted if a["case_id"]]})
 
     def _accept_detection(self, detection: Detection) -> dict:

@@ -36,11 +36,22 @@ HANDLERS: dict[str, Callable[[Job, Config, Services], None]] = {
 
 
 class Worker:
-    def __init__(self, config: Config, services: Services):
+    def __init__(self, config: Config, services: Services, busy: Callable[[], bool] = lambda: False):
         self.config = config
         self.services = services
-        self.wake = threading.Event()
+        self.busy = busy  # while requests wait for an answer, jobs wait: acks come first
+        self._ready = threading.Condition()
         self.stopping = threading.Event()
+
+    def notify(self, jobs: int = 1) -> None:
+        """New work: wake one idle worker per job, not all of them."""
+        with self._ready:
+            self._ready.notify(jobs)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self._ready:
+            self._ready.notify_all()
 
     def run_once(self) -> bool:
         """Run one ready job; False when none is ready."""
@@ -69,6 +80,9 @@ class Worker:
 
     def run_forever(self, poll_seconds: float = 1.0) -> None:
         while not self.stopping.is_set():
+            if self.busy():
+                self.stopping.wait(0.01)
+                continue
             if not self.run_once():
-                self.wake.wait(poll_seconds)
-                self.wake.clear()
+                with self._ready:
+                    self._ready.wait(poll_seconds)

@@ -49,13 +49,12 @@ def buttons(message):
 # ----------------------------------------------------------------------------- serve
 
 import copy  # noqa: E402
-import hashlib  # noqa: E402
-import hmac  # noqa: E402
 import time  # noqa: E402
-import urllib.parse  # noqa: E402
 
 import requests  # noqa: E402
 
+from integrations.sandbox.clicks import form_body  # noqa: E402
+from integrations.sandbox.clicks import signed_headers as sign  # noqa: E402
 from integrations.state import SQLiteStateStore  # noqa: E402
 from playbooks.cli import build_services  # noqa: E402
 from playbooks.config import Secrets, load_config  # noqa: E402
@@ -89,15 +88,11 @@ def block_actions_body(action_id, case_id, user_id=APPROVER, team_id="T0LAYERGRD
     payload["channel"] = {"id": channel}
     payload["container"]["channel_id"] = channel
     payload["actions"][0].update(action_id=action_id, value=case_id)
-    return "payload=" + urllib.parse.quote(json.dumps(payload))
+    return form_body(payload)
 
 
 def signed_headers(body: str, timestamp: int | None = None, secret: str = SIGNING_SECRET):
-    timestamp = int(time.time()) if timestamp is None else timestamp
-    basestring = f"v0:{timestamp}:{body}".encode()
-    signature = "v0=" + hmac.new(secret.encode(), basestring, hashlib.sha256).hexdigest()
-    return {"X-Slack-Request-Timestamp": str(timestamp), "X-Slack-Signature": signature,
-            "Content-Type": "application/x-www-form-urlencoded"}
+    return sign(body, secret, timestamp)
 
 
 def click(service_url, action_id, case_id, user_id=APPROVER, **kwargs):
