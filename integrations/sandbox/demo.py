@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 from typing import TextIO
 
@@ -23,6 +24,46 @@ def _policy_lines(statements: list[dict]) -> list[str]:
         return ["    (no statements: nobody outside the account can use it)"]
     return [f"    {s.get('Sid')}: principal={json.dumps(s.get('Principal'))}"
             + (f" org={s['OrganizationId']}" if s.get("OrganizationId") else "") for s in statements]
+
+
+def _play_the_click(world: SandboxWorld, config_path: Path, say) -> None:
+    """Start `serve`, click Revoke as an approver would, and show what changed."""
+    import requests
+
+    from integrations.sandbox.clicks import block_actions_payload, form_body, signed_headers
+    from integrations.state import SQLiteStateStore
+    from playbooks.cli import build_services
+    from playbooks.config import Secrets, load_config
+    from playbooks.service import LayerGuardService
+
+    config = load_config(config_path)
+    store = SQLiteStateStore(config.state_path)
+    case = next(c for c in store.list_cases() if c.status == "awaiting_approval")
+    service = LayerGuardService(config, build_services(config, Secrets.from_environment()),
+                                SANDBOX_SECRETS["SLACK_SIGNING_SECRET"], port=0).start()
+    try:
+        say(f"\n7. An approver (U0APPROVER) clicks 'Revoke grant' on case {case.case_id}; "
+            f"layerguard serve is listening on {service.url}")
+        body = form_body(block_actions_payload("revoke_grant", case.case_id, "U0APPROVER"))
+        answer = requests.post(f"{service.url}/slack/actions", data=body,
+                               headers=signed_headers(body, SANDBOX_SECRETS["SLACK_SIGNING_SECRET"]), timeout=10)
+        say(f"   Slack got its answer: HTTP {answer.status_code} in {answer.elapsed.total_seconds() * 1000:.0f} ms")
+        deadline = time.time() + 30
+        while time.time() < deadline and (store.get_case(case.case_id).status != "revoked" or store.pending_jobs()):
+            time.sleep(0.05)
+    finally:
+        service.stop()
+    case = store.get_case(case.case_id)
+    say(f"   case {case.case_id} is now {case.status}; the layer policy:")
+    for line in _policy_lines(world.policy_statements(LAYER, 1)):
+        say(line)
+    message = next(m for m in world.slack.messages[case.slack_channel] if m["ts"] == case.slack_ts)
+    outcome = next(b["text"]["text"] for b in message["blocks"] if b.get("block_id") == "outcome")
+    buttons = [e for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]]
+    say(f"   the Slack message now says: {outcome}  (buttons left: {len(buttons)})")
+    issue = world.jira.issues[case.ticket_key]
+    say(f"   ticket {case.ticket_key} is {issue['fields']['status']['name']}; its last comment:")
+    say(textwrap.indent(issue["fields"]["comment"]["comments"][-1]["body"], "    | "))
 
 
 def run_demo(out: TextIO) -> int:
@@ -80,7 +121,9 @@ def run_demo(out: TextIO) -> int:
             cli_main(["respond", str(detections), "--config", str(config)], stdout=out)
             say(f"\n   tickets: {len(world.jira.issues)}, Slack messages: "
                 f"{sum(len(m) for m in world.slack.messages.values())}")
-            say("\n7. Cases:")
+
+            _play_the_click(world, config, say)
+            say("\n8. Cases:")
             cli_main(["cases", "--config", str(config)], stdout=out)
             return code
         finally:
