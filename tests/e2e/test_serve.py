@@ -368,3 +368,29 @@ def test_healthz_reports_dependencies(world, serve):
     world.jira.faults.append(Fault(count=100, status=500))
     degraded = requests.get(f"{service.url}/healthz?deep=1", timeout=30)
     assert degraded.status_code == 503 and degraded.json()["checks"]["jira"].startswith("error")
+
+
+def test_clicks_from_another_workspace_are_ignored(world, serve, tmp_path):
+    service = serve(slack={"team_id": "T0OURTEAM"})
+    outcome = detect(world, tmp_path)
+    body = block_actions_body("revoke_grant", outcome["case_id"], team_id="T0EVILTEAM")
+    response = requests.post(f"{service.url}/slack/actions", data=body, headers=signed_headers(body), timeout=10)
+    assert response.status_code == 200
+    time.sleep(0.3)
+    assert case_of(world, outcome["case_id"]).decision == ""
+    assert world.slack.ephemeral == [] and "partner-share" in sids(world)
+
+
+def test_a_new_grant_after_a_closed_case_opens_a_new_linked_case(world, serve, tmp_path):
+    service = serve()
+    first = detect(world, tmp_path)
+    click(service.url, "revoke_grant", first["case_id"])
+    settled(world, first["case_id"], "revoked")
+
+    world.grant(LAYER, 1, "partner-share", PARTNER_ACCOUNT_ID)  # granted again
+    second = detect(world, tmp_path)
+    assert second["case_id"] != first["case_id"] and second["decision"] == "awaiting_approval"
+    assert second["ticket"] != first["ticket"]
+    links = world.jira.issues[second["ticket"]]["fields"]["issuelinks"]
+    assert [link["outwardIssue"]["key"] for link in links] == [first["ticket"]]
+    assert first["ticket"] in world.jira.issues[second["ticket"]]["fields"]["description"]

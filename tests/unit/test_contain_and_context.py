@@ -216,3 +216,17 @@ def test_collect_context_reports_what_failed(lam):
     context = collect_context(lam, "arn:aws:lambda:us-east-1:123456789012:layer:missing", 1)
     assert context.layer_version is None
     assert context.policy.statements == ()
+
+
+def test_case_statements_prefer_the_sid_and_fall_back_to_the_grantee():
+    statements = [
+        {"Sid": "partner", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::210987654321:root"}},
+        {"Sid": "partner-copy", "Effect": "Allow", "Principal": "210987654321"},
+        {"Sid": "other", "Effect": "Allow", "Principal": "111122223333"},
+    ]
+    assert [s["Sid"] for s in case_statements("partner", "account:210987654321")(statements)] == ["partner"]
+    # The Sid changed: every statement for the same grantee, never someone else's.
+    assert [s["Sid"] for s in case_statements("renamed", "account:210987654321")(statements)] == [
+        "partner", "partner-copy"]
+    # A Sid reused for another grantee is not the case's statement.
+    assert case_statements("other", "account:210987654321")(statements[2:]) == []
