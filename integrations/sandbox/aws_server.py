@@ -84,9 +84,8 @@ FAKE_CREDENTIALS = {
 
 
 @contextlib.contextmanager
-def aws_environment(endpoint_url: str):
-    """Point boto3's default chain at moto for the duration (restores the old values)."""
-    values = dict(FAKE_CREDENTIALS, AWS_ENDPOINT_URL=endpoint_url)
+def environment(values: dict[str, str]):
+    """Set environment variables for the duration, restoring the old values after."""
     saved = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     try:
@@ -97,3 +96,8 @@ def aws_environment(endpoint_url: str):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = old
+
+
+def aws_environment(endpoint_url: str):
+    """Point boto3's default chain at moto for the duration."""
+    return environment(dict(FAKE_CREDENTIALS, AWS_ENDPOINT_URL=endpoint_url))

@@ -7,13 +7,13 @@ through the real CLI path (config file, intake, playbook, real clients over HTTP
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import textwrap
 import time
 from pathlib import Path
 from typing import TextIO
 
+from integrations.sandbox.aws_server import environment
 from integrations.sandbox.world import PARTNER_ACCOUNT_ID, SANDBOX_SECRETS, SandboxWorld, cloudtrail_record
 
 LAYER = "payments-shared-utils"
@@ -72,63 +72,55 @@ def run_demo(out: TextIO) -> int:
     def say(text: str = "") -> None:
         print(text, file=out)
 
-    with tempfile.TemporaryDirectory(prefix="layerguard-demo-") as tmp, SandboxWorld(Path(tmp)) as world:
-        saved_env = {k: os.environ.get(k) for k in SANDBOX_SECRETS}
-        os.environ.update(SANDBOX_SECRETS)
-        try:
-            say("LayerGuard demo — local AWS (moto server), Jira and Slack emulators, state in "
-                f"{world.state_path}\n")
-            layer = world.publish_layer(LAYER, {"python/payments/util.py": "def fee(x):\n    return x * 0.029\n"})
-            world.create_function("checkout-api", [layer["LayerVersionArn"]])
-            world.create_function("refunds-worker", [layer["LayerVersionArn"]], publish=False)
-            world.grant(LAYER, 1, "public-share", "*")
-            world.grant(LAYER, 1, "partner-share", PARTNER_ACCOUNT_ID)
-            say(f"1. Someone shared {layer['LayerVersionArn']}:")
-            for line in _policy_lines(world.policy_statements(LAYER, 1)):
-                say(line)
+    with tempfile.TemporaryDirectory(prefix="layerguard-demo-") as tmp, SandboxWorld(Path(tmp)) as world, \
+            environment(SANDBOX_SECRETS):
+        say("LayerGuard demo — local AWS (moto server), Jira and Slack emulators, state in "
+            f"{world.state_path}\n")
+        layer = world.publish_layer(LAYER, {"python/payments/util.py": "def fee(x):\n    return x * 0.029\n"})
+        world.create_function("checkout-api", [layer["LayerVersionArn"]])
+        world.create_function("refunds-worker", [layer["LayerVersionArn"]], publish=False)
+        world.grant(LAYER, 1, "public-share", "*")
+        world.grant(LAYER, 1, "partner-share", PARTNER_ACCOUNT_ID)
+        say(f"1. Someone shared {layer['LayerVersionArn']}:")
+        for line in _policy_lines(world.policy_statements(LAYER, 1)):
+            say(line)
 
-            detections = Path(tmp) / "detections.jsonl"
-            detections.write_text("\n".join(json.dumps(r) for r in (
-                cloudtrail_record(LAYER, 1, "*", "public-share"),
-                cloudtrail_record(LAYER, "1", PARTNER_ACCOUNT_ID, "partner-share",
-                                  user_agent="Boto3/1.34.0 Python/3.12 <!channel> please approve"),
-            )) + "\n")
-            config = world.write_config()
-            say(f"\n2. CloudTrail recorded both grants; running: layerguard respond {detections.name} --config {config.name}\n")
-            code = cli_main(["respond", str(detections), "--config", str(config)], stdout=out)
+        detections = Path(tmp) / "detections.jsonl"
+        detections.write_text("\n".join(json.dumps(r) for r in (
+            cloudtrail_record(LAYER, 1, "*", "public-share"),
+            cloudtrail_record(LAYER, "1", PARTNER_ACCOUNT_ID, "partner-share",
+                              user_agent="Boto3/1.34.0 Python/3.12 <!channel> please approve"),
+        )) + "\n")
+        config = world.write_config()
+        say(f"\n2. CloudTrail recorded both grants; running: layerguard respond {detections.name} --config {config.name}\n")
+        code = cli_main(["respond", str(detections), "--config", str(config)], stdout=out)
 
-            say("\n3. The layer version policy now:")
-            for line in _policy_lines(world.policy_statements(LAYER, 1)):
-                say(line)
+        say("\n3. The layer version policy now:")
+        for line in _policy_lines(world.policy_statements(LAYER, 1)):
+            say(line)
 
-            say("\n4. Jira tickets:")
-            for key, issue in world.jira.issues.items():
-                fields = issue["fields"]
-                say(f"  {key} [{fields['priority']['name']}] {fields['summary']}")
-                say(f"    labels: {', '.join(fields['labels'])}")
-                lines = [line for line in fields["description"].splitlines() if line.strip()]
-                say(textwrap.indent("\n".join(lines[:22] + ["…"]), "    | "))
+        say("\n4. Jira tickets:")
+        for key, issue in world.jira.issues.items():
+            fields = issue["fields"]
+            say(f"  {key} [{fields['priority']['name']}] {fields['summary']}")
+            say(f"    labels: {', '.join(fields['labels'])}")
+            lines = [line for line in fields["description"].splitlines() if line.strip()]
+            say(textwrap.indent("\n".join(lines[:22] + ["…"]), "    | "))
 
-            say("\n5. Slack messages in #security-alerts:")
-            for channel, messages in world.slack.messages.items():
-                for message in messages:
-                    say(f"  [{channel} {message['ts']}] {message['text']}")
-                    buttons = [e for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]]
-                    for button in buttons:
-                        say(f"    button '{button['text']['text']}' action_id={button['action_id']} value={button['value']}")
+        say("\n5. Slack messages in #security-alerts:")
+        for channel, messages in world.slack.messages.items():
+            for message in messages:
+                say(f"  [{channel} {message['ts']}] {message['text']}")
+                buttons = [e for b in message["blocks"] if b["type"] == "actions" for e in b["elements"]]
+                for button in buttons:
+                    say(f"    button '{button['text']['text']}' action_id={button['action_id']} value={button['value']}")
 
-            say("\n6. Replaying the same detections changes nothing:")
-            cli_main(["respond", str(detections), "--config", str(config)], stdout=out)
-            say(f"\n   tickets: {len(world.jira.issues)}, Slack messages: "
-                f"{sum(len(m) for m in world.slack.messages.values())}")
+        say("\n6. Replaying the same detections changes nothing:")
+        cli_main(["respond", str(detections), "--config", str(config)], stdout=out)
+        say(f"\n   tickets: {len(world.jira.issues)}, Slack messages: "
+            f"{sum(len(m) for m in world.slack.messages.values())}")
 
-            _play_the_click(world, config, say)
-            say("\n8. Cases:")
-            cli_main(["cases", "--config", str(config)], stdout=out)
-            return code
-        finally:
-            for key, value in saved_env.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        _play_the_click(world, config, say)
+        say("\n8. Cases:")
+        cli_main(["cases", "--config", str(config)], stdout=out)
+        return code
