@@ -90,10 +90,14 @@ def contain_grant(lambda_client, layer_arn: str, version: int, select: Selector,
 
 def restore_statements(lambda_client, layer_arn: str, version: int, statements: Sequence[Mapping]) -> list[str]:
     """Re-add removed statements exactly (same Sid, principal, organization); returns the Sids restored."""
-    present = {str(s.get("Sid")) for s in get_layer_policy(lambda_client, layer_arn, version).statements}
+    present: dict[int, set[str]] = {}
     restored = []
     for statement in statements:
-        if str(statement.get("Sid")) in present:
+        # Statements removed from other versions (policy.contain_all_versions) carry theirs.
+        target = int(statement.get("_LayerVersion", version))
+        if target not in present:
+            present[target] = {str(s.get("Sid")) for s in get_layer_policy(lambda_client, layer_arn, target).statements}
+        if str(statement.get("Sid")) in present[target]:
             restored.append(str(statement["Sid"]))  # restored by an earlier attempt
             continue
         grants = grants_from_statement(statement)
@@ -101,7 +105,7 @@ def restore_statements(lambda_client, layer_arn: str, version: int, statements: 
             raise ContainmentFailed(f"statement {statement.get('Sid')!r} cannot be restored: {len(grants)} principals")
         grant = grants[0]
         try:
-            add_statement(lambda_client, layer_arn, version, str(statement["Sid"]), grant.principal,
+            add_statement(lambda_client, layer_arn, target, str(statement["Sid"]), grant.principal,
                           grant.organization_id, str(statement.get("Action") or "lambda:GetLayerVersion"))
         except StatementExists:
             pass  # restored by an earlier attempt

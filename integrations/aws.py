@@ -60,11 +60,14 @@ class AwsClients:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def lambda_client(self, account_id: str, region: str):
-        """One client per (account, region), reused: building a client costs more than a call."""
-        key = f"{account_id}/{region}"
+        return self.client("lambda", account_id, region)
+
+    def client(self, service: str, account_id: str, region: str):
+        """One client per (service, account, region), reused: building one costs more than a call."""
+        key = f"{service}/{account_id}/{region}"
         client = self._clients.get(key)
         if client is None:
-            client = self._session(account_id).client("lambda", region_name=region, config=BOTOCORE_CONFIG)
+            client = self._session(account_id).client(service, region_name=region, config=BOTOCORE_CONFIG)
             self._clients[key] = client
         return client
 
@@ -74,7 +77,7 @@ class AwsClients:
                 return self._sessions[account_id]
             base = self.session_factory()
             session = base
-            if self.assume_role:
+            if self.assume_role and account_id:  # "" is the responder's own account
                 session = self._assumed(base, self.assume_role.format(account_id=account_id))
             self._sessions[account_id] = session
             return session
@@ -170,3 +173,103 @@ def iter_function_configurations(client) -> Iterator[dict]:
         marker = page.get("NextMarker")
         if not marker:
             return
+
+
+def list_layer_versions(client, layer_arn: str) -> list[int]:
+    versions: list[int] = []
+    marker = None
+    while True:
+        kwargs: dict[str, Any] = {"LayerName": layer_arn, "MaxItems": 50}
+        if marker:
+            kwargs["Marker"] = marker
+        page = aws_retry(client.list_layer_versions)(**kwargs)
+        versions += [int(v["Version"]) for v in page.get("LayerVersions", [])]
+        marker = page.get("NextMarker")
+        if not marker:
+            return sorted(versions)
+
+
+def list_aliases(client, function_name: str) -> list[dict]:
+    aliases: list[dict] = []
+    marker = None
+    while True:
+        kwargs: dict[str, Any] = {"FunctionName": function_name}
+        if marker:
+            kwargs["Marker"] = marker
+        page = aws_retry(client.list_aliases)(**kwargs)
+        aliases += page.get("Aliases", [])
+        marker = page.get("NextMarker")
+        if not marker:
+            return aliases
+
+
+def organization_account_ids(client) -> list[str]:
+    ids: list[str] = []
+    token = None
+    while True:
+        page = aws_retry(client.list_accounts)(**({"NextToken": token} if token else {}))
+        ids += [a["Id"] for a in page.get("Accounts", []) if a.get("Status", "ACTIVE") == "ACTIVE"]
+        token = page.get("NextToken")
+        if not token:
+            return ids
+
+
+class RateLimiter:
+    """At most ``per_second`` calls a second, across threads (CloudTrail LookupEvents allows 2)."""
+
+    def __init__(self, per_second: float, clock=None, sleep=None):
+        import time
+
+        self.interval = 1.0 / per_second
+        self.clock = clock or time.monotonic
+        self.sleep = sleep or time.sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = self.clock()
+            delay = self._next - now
+            self._next = max(now, self._next) + self.interval
+        if delay > 0:
+            self.sleep(delay)
+
+
+LOOKUP_EVENTS_LIMIT = RateLimiter(2.0)
+
+
+def lookup_events(client, event_name: str, start, end, max_pages: int = 10,
+                  limiter: RateLimiter = LOOKUP_EVENTS_LIMIT) -> list[dict]:
+    """CloudTrail management events of one name in [start, end], newest first."""
+    events: list[dict] = []
+    token = None
+    for _ in range(max_pages):
+        kwargs: dict[str, Any] = {"LookupAttributes": [{"AttributeKey": "EventName", "AttributeValue": event_name}],
+                                  "StartTime": start, "EndTime": end, "MaxResults": 50}
+        if token:
+            kwargs["NextToken"] = token
+        limiter.wait()
+        page = aws_retry(client.lookup_events)(**kwargs)
+        events += page.get("Events", [])
+        token = page.get("NextToken")
+        if not token:
+            break
+    return events
+
+
+def download(url: str, max_bytes: int, timeout: float = 30.0) -> bytes:
+    """GET a (pre-signed) URL, streamed, refusing more than ``max_bytes``."""
+    import requests
+
+    with requests.get(url, stream=True, timeout=timeout) as response:
+        response.raise_for_status()
+        declared = int(response.headers.get("Content-Length") or 0)
+        if declared > max_bytes:
+            raise ValueError(f"layer content is {declared} bytes, over the {max_bytes}-byte cap")
+        chunks, total = [], 0
+        for chunk in response.iter_content(64 * 1024):
+            total += len(chunk)
+            if total > max_bytes:
+                raise ValueError(f"layer content exceeds the {max_bytes}-byte cap")
+            chunks.append(chunk)
+    return b"".join(chunks)

@@ -9,9 +9,11 @@ import os
 import signal
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Sequence, TextIO
 
+from actions.collect_context import InvestigationSettings, Investigator
+from actions.scan_layer import Limits
 from integrations.aws import AwsClients
 from integrations.jira_client import JiraTickets
 from integrations.slack_client import SlackChat
@@ -27,18 +29,33 @@ class SetupError(Exception):
     """Something the command needs before it can act is missing (a secret, a file)."""
 
 
+def build_investigator(config: Config, aws: AwsClients, store=None) -> Investigator:
+    settings = config.investigation
+    return Investigator(aws, InvestigationSettings(
+        accounts=config.aws.accounts, organization_accounts=config.aws.organization_accounts,
+        inventory_ttl_seconds=settings.inventory_ttl_seconds, max_concurrent_accounts=settings.max_concurrent_accounts,
+        activity_before=timedelta(seconds=settings.activity_before_seconds),
+        activity_after=timedelta(seconds=settings.activity_after_seconds),
+        lookup_activity=settings.lookup_activity, scan_secrets=settings.scan_secrets,
+        max_layer_bytes=settings.max_layer_bytes,
+        limits=Limits(max_uncompressed_bytes=settings.max_uncompressed_bytes, max_files=settings.max_files),
+    ), prior_grants=store.grants_by_actor if store else (lambda arn: 0))
+
+
 def build_services(config: Config, secrets: Secrets, dry_run: bool = False) -> Services:
     aws = AwsClients(assume_role=config.aws.assume_role, external_id=config.aws.external_id)
     if dry_run:
-        return Services(aws=aws)
+        return Services(aws=aws, investigator=build_investigator(config, aws))
     if not secrets.jira_api_token:
         raise SetupError("environment variable JIRA_API_TOKEN is not set (with JIRA_EMAIL for Jira Cloud, "
                          "alone for a Server/Data Center personal access token)")
     if not secrets.slack_bot_token:
         raise SetupError("environment variable SLACK_BOT_TOKEN is not set")
+    store = SQLiteStateStore(config.state_path)
     return Services(
         aws=aws,
-        store=SQLiteStateStore(config.state_path),
+        store=store,
+        investigator=build_investigator(config, aws, store),
         tickets=JiraTickets(config.jira.url, config.jira.project, config.jira.issue_type,
                             email=secrets.jira_email, api_token=secrets.jira_api_token,
                             timeout=config.jira.timeout_seconds),

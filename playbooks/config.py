@@ -32,6 +32,21 @@ class AwsConfig:
     regions: tuple[str, ...] = ()
     assume_role: str = ""
     external_id: str = ""
+    accounts: tuple[str, ...] = ()  # other accounts to search for consumers
+    organization_accounts: bool = False  # accounts: organization
+
+
+@dataclass(frozen=True)
+class InvestigationConfig:
+    inventory_ttl_seconds: float = 300.0
+    max_concurrent_accounts: int = 8
+    activity_before_seconds: float = 24 * 3600.0
+    activity_after_seconds: float = 3600.0
+    lookup_activity: bool = True
+    scan_secrets: bool = True
+    max_layer_bytes: int = 50 * 1024 * 1024
+    max_uncompressed_bytes: int = 250 * 1024 * 1024
+    max_files: int = 20_000
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,8 @@ class Config:
     state_path: Path
     approval: ApprovalConfig = field(default_factory=ApprovalConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    investigation: InvestigationConfig = field(default_factory=InvestigationConfig)
+    contain_all_versions: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,7 +131,7 @@ class Secrets:
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _ACCOUNT = re.compile(r"^\d{12}$")
 _ORG = re.compile(r"^o-[a-z0-9]{10,32}$")
-_SECTIONS = {"aws", "policy", "jira", "slack", "state", "approval", "service"}
+_SECTIONS = {"aws", "policy", "jira", "slack", "state", "approval", "service", "investigation"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -156,9 +173,16 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path = Path(".")) -
     state = r.mapping(root.get("state", {}), "state")
     approval = r.mapping(root.get("approval", {}), "approval")
     service = r.mapping(root.get("service", {}), "service")
-    r.no_unknown_keys(aws, "aws", {"regions", "assume_role", "external_id"})
+    investigation = r.mapping(root.get("investigation", {}), "investigation")
+    r.no_unknown_keys(aws, "aws", {"regions", "assume_role", "external_id", "accounts"})
     r.no_unknown_keys(policy, "policy", {"own_organization_id", "trusted_accounts", "trusted_organizations",
-                                          "trusted_layers", "response"})
+                                          "trusted_layers", "response", "contain_all_versions"})
+    r.no_unknown_keys(investigation, "investigation", {
+        "inventory_ttl", "max_concurrent_accounts", "activity_before", "activity_after", "lookup_activity",
+        "scan_secrets", "max_layer_bytes", "max_uncompressed_bytes", "max_files"})
+    organization_accounts = aws.get("accounts") == "organization"
+    if organization_accounts:
+        aws = {k: v for k, v in aws.items() if k != "accounts"}
     r.no_unknown_keys(jira, "jira", {"url", "project", "issue_type", "priorities", "timeout_seconds",
                                       "done_transition"})
     r.no_unknown_keys(slack, "slack", {"api_url", "channel", "approvers", "approver_groups", "team_id", "app_id",
@@ -220,6 +244,9 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path = Path(".")) -
             regions=tuple(r.pattern_list(aws, "aws.regions", _REGION, "a region such as eu-west-1")),
             assume_role=assume_role,
             external_id=r.text(aws, "aws.external_id", default=""),
+            accounts=tuple(r.pattern_list(aws, "aws.accounts", _ACCOUNT, "a 12-digit account id (or use "
+                                          "accounts: organization)")),
+            organization_accounts=organization_accounts,
         ),
         allowlists=Allowlists(
             own_organization_id=own_org,
@@ -252,6 +279,19 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path = Path(".")) -
             on_timeout=on_timeout_value,
             keep_exception_seconds=r.duration(approval, "approval.keep_exception_for", default=""),
         ),
+        investigation=InvestigationConfig(
+            inventory_ttl_seconds=r.duration(investigation, "investigation.inventory_ttl", default="5m"),
+            max_concurrent_accounts=int(r.number(investigation, "investigation.max_concurrent_accounts", default=8)),
+            activity_before_seconds=r.duration(investigation, "investigation.activity_before", default="24h"),
+            activity_after_seconds=r.duration(investigation, "investigation.activity_after", default="1h"),
+            lookup_activity=r.flag(investigation, "investigation.lookup_activity", default=True),
+            scan_secrets=r.flag(investigation, "investigation.scan_secrets", default=True),
+            max_layer_bytes=int(r.number(investigation, "investigation.max_layer_bytes", default=50 * 1024 * 1024)),
+            max_uncompressed_bytes=int(r.number(investigation, "investigation.max_uncompressed_bytes",
+                                                default=250 * 1024 * 1024)),
+            max_files=int(r.number(investigation, "investigation.max_files", default=20_000)),
+        ),
+        contain_all_versions=r.flag(policy, "policy.contain_all_versions", default=False),
         service=ServiceConfig(
             max_body_bytes=int(r.number(service, "service.max_body_bytes", default=5 * 1024 * 1024)),
             check_interval_seconds=r.duration(service, "service.check_interval", default="60s"),
@@ -297,6 +337,12 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise self.fail(dotted, f"must be a positive number, got {value!r}")
         return float(value)
+
+    def flag(self, mapping: dict, dotted: str, default: bool) -> bool:
+        value = mapping.get(dotted.rsplit(".", 1)[-1], default)
+        if not isinstance(value, bool):
+            raise self.fail(dotted, f"must be true or false, got {value!r}")
+        return value
 
     def duration(self, mapping: dict, dotted: str, default: str) -> float:
         """A duration such as 30s, 15m, 24h or 7d in seconds; empty means 0 (off)."""

@@ -20,12 +20,12 @@ from typing import Any
 
 from actions.approval import (approval_blocks, approval_text, notification_blocks, notification_text,
                               post_case_message)
-from actions.collect_context import LayerContext, collect_context
+from actions.collect_context import Investigator, LayerContext
 from actions.contain import ContainmentResult, contain_grant, grantee_statements, public_statements
 from actions.ticket import open_or_update_ticket, render_repeat_comment, render_ticket
-from integrations.aws import AwsClients
+from integrations.aws import AwsClients, list_layer_versions
 from integrations.state import Case, StateStore, case_key, new_case_id
-from playbooks.classify import (Classification, Grant, GrantKind, LayerRef, Response, classify_grant,
+from playbooks.classify import (Classification, Grant, GrantKind, LayerRef, Response, Severity, classify_grant,
                                 grant_from_request, response_for)
 from playbooks.config import Config
 from playbooks.detection import Detection
@@ -39,6 +39,11 @@ class Services:
     store: StateStore | None = None
     tickets: Any = None  # integrations.jira_client.JiraTickets
     chat: Any = None  # integrations.slack_client.SlackChat
+    investigator: Investigator | None = None
+
+    def __post_init__(self):
+        if self.investigator is None:
+            self.investigator = Investigator(self.aws)
 
 
 @dataclass(frozen=True)
@@ -156,9 +161,19 @@ def respond(detection: Detection, config: Config, services: Services, dry_run: b
         if case.status != outcome.decision and case.is_open:
             case = store.update_case(case.case_id, status=outcome.decision, note=classification.reason)
 
-    # 4. Collect context (read-only, best effort).
-    context = collect_context(lambda_client, detection.layer_arn, detection.version)
+    if containment is not None and config.contain_all_versions and classification.kind is GrantKind.PUBLIC:
+        case = _contain_other_versions(store, case, lambda_client, detection)
+
+    # 4. Collect context (read-only, best effort). Secrets in the layer raise the severity:
+    # revoking the grant does not take back copies already downloaded.
+    context = services.investigator.collect(detection)
     outcome = replace(outcome, consumers=context.consumer_arns)
+    if context.secrets and context.secrets.found and classification.severity is not Severity.CRITICAL:
+        classification = replace(classification, severity=Severity.CRITICAL,
+                                 reason=f"{classification.reason}; the layer content holds secrets")
+        case = store.update_case(case.case_id, severity=classification.severity.value,
+                                 note=f"{len(context.secrets.findings)} secret(s) found in the layer: severity raised")
+        outcome = replace(outcome, severity=classification.severity.value, reason=classification.reason)
 
     # 5. + 6. The ticket, then Slack; either failing leaves the event open for a retry.
     done_steps = store.event_steps(detection.event_id)
@@ -180,6 +195,24 @@ def respond(detection: Detection, config: Config, services: Services, dry_run: b
 
 
 # ----------------------------------------------------------------------------- steps
+
+
+def _contain_other_versions(store: StateStore, case: Case, lambda_client, detection: Detection) -> Case:
+    """policy.contain_all_versions: public statements on every other version go too.
+
+    Removed statements carry their version (``_LayerVersion``) so a restore puts them back.
+    """
+    removed: list[dict] = []
+    for version in list_layer_versions(lambda_client, detection.layer_arn):
+        if version == detection.version:
+            continue
+        result = contain_grant(lambda_client, detection.layer_arn, version, public_statements)
+        removed += [dict(statement, _LayerVersion=version) for statement in result.removed]
+    if not removed:
+        return case
+    versions = sorted({s["_LayerVersion"] for s in removed})
+    return store.update_case(case.case_id, removed_statements=case.removed_statements + tuple(removed),
+                             note=f"contain_all_versions: public statements removed from versions {versions}")
 
 
 def _ticket_step(services, config, case, detection, classification, response, containment, context):
@@ -215,7 +248,7 @@ def _preview(detection: Detection, services: Services, response: Response | None
     if response is None:
         return replace(outcome, decision="trusted")
     lambda_client = services.aws.lambda_client(detection.layer_account_id, detection.region)
-    context: LayerContext = collect_context(lambda_client, detection.layer_arn, detection.version)
+    context: LayerContext = services.investigator.collect(detection)
     if response is Response.REVOKE:
         preview = contain_grant(lambda_client, detection.layer_arn, detection.version, select, dry_run=True)
         decision = "contained" if preview.status == "would_contain" else preview.status

@@ -4,12 +4,15 @@ Two moto (5.x) deviations from AWS on layer policies are corrected here, so that
 LayerGuard's revision-guarded removal is exercised as it runs against AWS:
 - ``RemoveLayerVersionPermission`` passes the RevisionId query parameter as a list,
   so every guarded removal fails with PreconditionFailed, even a correct one;
-- removing a statement does not move the policy's revision id.
+- removing a statement does not move the policy's revision id;
+- ``ListFunctions`` ignores ``MaxItems``/``Marker`` and returns every function at once,
+  where AWS pages by 50 (which is what makes consumer discovery slow at scale).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 
@@ -39,7 +42,19 @@ def apply_moto_fixes() -> None:
         original_del(self, sid, revision)
         self.revision = str(mock_random.uuid4())
 
+    def list_functions(self):
+        func_version = self.querystring.get("FunctionVersion", [None])[0]
+        limit = min(int(self.querystring.get("MaxItems", ["50"])[0]), 50)
+        start = int(self.querystring.get("Marker", ["0"])[0] or 0)
+        functions = list(self.backend.list_functions(func_version))
+        page = functions[start:start + limit]
+        result = {"Functions": [fn.get_configuration() for fn in page]}
+        if start + limit < len(functions):
+            result["NextMarker"] = str(start + limit)
+        return json.dumps(result)
+
     LambdaResponse.remove_layer_version_permission = remove_layer_version_permission
+    LambdaResponse.list_functions = list_functions
     moto_policy.Policy.del_statement = del_statement
     _FIXED = True
 

@@ -85,6 +85,8 @@ class SandboxWorld:
             "state": {"path": str(self.state_path)},
             "approval": approval or {},
             "service": {"check_interval": "1s"},
+            # moto implements no CloudTrail LookupEvents; that part is tested with botocore's Stubber.
+            "investigation": {"lookup_activity": False},
         }
         path = self.workdir / name
         path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -9,7 +9,10 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from actions.collect_context import collect_context, consumers_of_layer
+from actions.collect_context import InvestigationSettings, Investigator, consumers_of_layer
+from integrations.aws import AwsClients
+from integrations.sandbox.world import cloudtrail_record
+from playbooks.detection import detection_from_record
 from actions.contain import ContainmentFailed, case_statements, contain_grant, grantee_statements, public_statements
 from integrations.retry import BOTOCORE_CONFIG
 from integrations.sandbox.aws_server import FAKE_CREDENTIALS, apply_moto_fixes
@@ -204,7 +207,7 @@ def test_collect_context_lists_functions_and_their_published_versions(lam):
     lam.create_function(FunctionName="unrelated", Runtime="python3.11", Role=role, Handler="h.h",
                         Code={"ZipFile": archive.getvalue()})
     grant(lam, "partner", "210987654321")
-    context = collect_context(lam, LAYER_ARN, 1)
+    context = quiet_investigator().collect(detection_of("utils"))
     assert context.errors == ()
     assert context.layer_version["Description"] == "utils"
     assert [s["Sid"] for s in context.policy.statements] == ["partner"]
@@ -213,9 +216,18 @@ def test_collect_context_lists_functions_and_their_published_versions(lam):
 
 
 def test_collect_context_reports_what_failed(lam):
-    context = collect_context(lam, "arn:aws:lambda:us-east-1:123456789012:layer:missing", 1)
+    context = quiet_investigator().collect(detection_of("missing"))
     assert context.layer_version is None
     assert context.policy.statements == ()
+
+
+def quiet_investigator():
+    """moto implements neither LookupEvents nor real content locations: those are tested apart."""
+    return Investigator(AwsClients(), InvestigationSettings(lookup_activity=False, scan_secrets=False))
+
+
+def detection_of(layer):
+    return detection_from_record(cloudtrail_record(layer, 1, "210987654321", "partner"), "test")
 
 
 def test_case_statements_prefer_the_sid_and_fall_back_to_the_grantee():
