@@ -38,6 +38,10 @@ _TOOLS: tuple[tuple[str, str], ...] = (
 )
 
 
+_PRIVATE_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"))
+
+
 @dataclass(frozen=True)
 class ActorProfile:
     identity: str
@@ -65,9 +69,11 @@ def source_kind(source_ip: str) -> str:
         address = ipaddress.ip_address(source_ip)
     except ValueError:
         return f"not an IP address ({source_ip[:60]})"
-    if address.is_private or address.is_loopback or address.is_link_local:
+    if address.is_global:
+        return f"public address {source_ip}"
+    if any(address in network for network in _PRIVATE_NETWORKS) or address.is_loopback or address.is_link_local:
         return f"private address {source_ip} (VPC endpoint or internal network)"
-    return f"public address {source_ip}"
+    return f"reserved address {source_ip} (documentation, test or special-purpose range)"
 
 
 def profile_actor(detection: Detection, prior_grants: int = 0) -> ActorProfile:

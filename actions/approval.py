@@ -35,16 +35,26 @@ def _ticket_link(ticket_key: str, ticket_url: str) -> str:
 
 
 def _facts(detection: Detection, classification: Classification, context: LayerContext) -> list[dict]:
+    """The few facts an approver needs: who, from where, with what, how far it reaches, secrets."""
     pinned = sum(1 for c in context.consumers if c.pins_granted_version)
+    accounts = len({c.account_id for c in context.consumers})
+    profile = context.actor
+    if context.secrets is None:
+        secrets = "not scanned"
+    elif context.secrets.found:
+        secrets = f":warning: {len(context.secrets.findings)} found: rotate them"
+    else:
+        secrets = f"none found ({context.secrets.files_scanned} files)"
     facts = [
         ("Layer", f"`{escape_mrkdwn(detection.layer_version_arn)}`"),
         ("Granted to", f"`{escape_mrkdwn(detection.principal)}`"
                        + (f" in org `{escape_mrkdwn(detection.organization_id)}`" if detection.organization_id else "")),
         ("Severity", f"{classification.severity.value} ({classification.kind.value})"),
-        ("Actor", f"`{escape_mrkdwn(detection.actor.arn)}` ({escape_mrkdwn(detection.actor.type)})"),
-        ("Source IP", escape_mrkdwn(detection.source_ip)),
-        ("User agent", escape_mrkdwn(detection.user_agent, 120)),
-        ("Consumers", f"{len(context.consumers)} function(s), {pinned} pin this version"),
+        ("Who", f"`{escape_mrkdwn(detection.actor.arn)}` ({escape_mrkdwn(profile.identity if profile else detection.actor.type)})"),
+        ("From", escape_mrkdwn(profile.source if profile else detection.source_ip)),
+        ("Tool", escape_mrkdwn(profile.tool if profile else detection.user_agent, 120)),
+        ("Consumers", f"{len(context.consumers)} function(s) in {accounts} account(s), {pinned} pin this version"),
+        ("Secrets in the layer", secrets),
     ]
     return [{"type": "mrkdwn", "text": f"*{label}*\n{value}"} for label, value in facts]
 

@@ -125,7 +125,10 @@ def render_ticket(case_id: str, detection: Detection, classification: Classifica
             ("Access key id", actor.access_key_id), ("Session issuer", actor.session_issuer_arn or "-"),
             ("MFA", _yes_no(actor.mfa_authenticated)), ("Source IP", detection.source_ip),
             ("User agent", detection.user_agent),
-        ]),
+        ] + ([
+            ("Identity", context.actor.identity), ("Tool", context.actor.tool), ("Source", context.actor.source),
+            ("Earlier layer grants by this actor", context.actor.prior_grants),
+        ] if context.actor else [])),
         "h3. Layer version",
         _table([
             ("Description", layer.get("Description") or "-"), ("Created", layer.get("CreatedDate") or "-"),
@@ -137,12 +140,23 @@ def render_ticket(case_id: str, detection: Detection, classification: Classifica
         _grid(("Sid", "Grantee", "Action"), (
             (s.get("Sid"), _principal_text(s), s.get("Action")) for s in context.policy.statements))
         if context.policy.statements else "No statements: nobody outside the account is granted this version.",
-        f"h3. Consumers in {escape_jira(detection.layer_account_id)} / {escape_jira(detection.region)}",
-        _grid(("Function", "Version", "Layer version used", "Pins granted version"), (
-            (c.function_arn, c.version, c.layer_version_arn, _yes_no(c.pins_granted_version))
-            for c in context.consumers))
-        if context.consumers else "No function in the layer's account and region uses this layer. "
-                                  "Accounts it was shared with may still use it.",
+        f"h3. Consumers in {escape_jira(detection.region)}",
+        "Accounts searched: " + escape_jira(", ".join(context.accounts_scanned) or detection.layer_account_id)
+        + ". Any account the layer is shared with may also use it.",
+        _grid(("Function", "Account", "Version", "Aliases", "Layer version used", "Pins granted version"), (
+            (c.function_arn, c.account_id, c.version, ", ".join(c.aliases) or "-", c.layer_version_arn,
+             _yes_no(c.pins_granted_version)) for c in context.consumers))
+        if context.consumers else "No function in the searched accounts uses this layer.",
+        "h3. Other versions of this layer",
+        _grid(("Version", "Shared with"), (
+            (v.version, ", ".join(_principal_text(s) for s in v.statements) or "nobody") for v in context.other_versions))
+        if context.other_versions else "No other version exists (or none could be listed).",
+        "h3. Related activity",
+        _grid(("Time", "Event", "Actor", "What"), (
+            (e.time, e.event_name, e.actor, e.summary) for e in context.timeline))
+        if context.timeline else "No related CloudTrail activity found in the window (or the lookup was off).",
+        "h3. Secrets in the layer",
+        _render_secrets(context),
     ]
     if context.errors:
         sections += ["h3. Collection problems", "\n".join(f"* {escape_jira(e)}" for e in context.errors)]
@@ -161,6 +175,22 @@ def render_ticket(case_id: str, detection: Detection, classification: Classifica
         labels=("layerguard", classification.kind.value, "T1648", "T1578.005", case_label(case_id)),
         priority=priorities[classification.severity],
     )
+
+
+def _render_secrets(context: LayerContext) -> str:
+    scan = context.secrets
+    if scan is None:
+        return "The layer content was not scanned."
+    lines = []
+    if scan.findings:
+        lines += ["*Secrets found: rotate them now.* Revoking the grant does not take back copies already "
+                  "downloaded, and functions keep using a layer version after its permission is revoked.",
+                  _grid(("File", "Line", "Type", "Hint (masked)"),
+                        ((f.path, f.line, f.type, f.hint) for f in scan.findings))]
+    else:
+        lines.append(f"No secrets found in {scan.files_scanned} text file(s) scanned with detect-secrets.")
+    lines += [f"* {escape_jira(problem)}" for problem in scan.problems]
+    return "\n".join(lines)
 
 
 def render_repeat_comment(detection: Detection, containment: ContainmentResult | None) -> str:
