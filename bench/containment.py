@@ -14,39 +14,18 @@ import argparse
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import boto3
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.aws_delay import DelayedAws  # noqa: E402
 from integrations.aws import AwsClients  # noqa: E402
 from integrations.sandbox.world import SANDBOX_SECRETS, SandboxWorld, cloudtrail_record  # noqa: E402
 from playbooks.cli import build_services  # noqa: E402
 from playbooks.config import Secrets, load_config  # noqa: E402
 from playbooks.detection import detection_from_record  # noqa: E402
 from playbooks.layer_exposure import respond  # noqa: E402
-
-
-class DelayedAws:
-    """A session factory whose clients sleep ``delay`` before every request and log each call."""
-
-    def __init__(self, delay: float):
-        self.delay = delay
-        self.calls: list[tuple[float, str]] = []  # (time the answer arrived, operation)
-        self._lock = threading.Lock()
-
-    def session(self) -> boto3.session.Session:
-        session = boto3.session.Session()
-        session.events.register("before-send", lambda **_: time.sleep(self.delay))
-        session.events.register("after-call", self._after_call)
-        return session
-
-    def _after_call(self, model, **_):
-        with self._lock:
-            self.calls.append((time.perf_counter(), model.name))
 
 
 def contained_at(calls: list[tuple[float, str]], since: float) -> tuple[float, int]:

@@ -44,6 +44,21 @@ class LayerPolicy:
     exists: bool = True
 
 
+FUNCTION_FIELDS = ("FunctionName", "FunctionArn", "Version", "Layers")
+
+
+def _slim_function_list(response_dict, customized_response_dict, **_):
+    """Consumer discovery needs four fields of each function; botocore's model-driven parser
+    spends ~12 ms on every 50-function page of all of them, which at 10,000 functions is
+    more than the paging itself. Parse the page with json and hand botocore only NextMarker."""
+    if response_dict.get("status_code") != 200 or not isinstance(response_dict.get("body"), bytes):
+        return
+    page = json.loads(response_dict["body"])
+    customized_response_dict["Functions"] = [
+        {name: function[name] for name in FUNCTION_FIELDS if name in function} for function in page.get("Functions", [])]
+    response_dict["body"] = json.dumps({"NextMarker": page["NextMarker"]} if page.get("NextMarker") else {}).encode()
+
+
 @dataclass
 class AwsClients:
     """Builds boto3 clients per (account, region); assumes ``assume_role`` when configured.
@@ -68,8 +83,11 @@ class AwsClients:
         client = self._clients.get(key)
         if client is None:
             client = self._session(account_id).client(service, region_name=region, config=BOTOCORE_CONFIG)
+            if service == "lambda":
+                client.meta.events.register("before-parse.lambda.ListFunctions", _slim_function_list)
             self._clients[key] = client
         return client
+
 
     def _session(self, account_id: str) -> boto3.session.Session:
         with self._lock:

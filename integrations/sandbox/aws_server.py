@@ -12,6 +12,7 @@ LayerGuard's revision-guarded removal is exercised as it runs against AWS:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -43,13 +44,28 @@ def apply_moto_fixes() -> None:
         self.revision = str(mock_random.uuid4())
 
     def list_functions(self):
+        # moto deep-copies every function (code included) on each call; page first, copy nothing.
         func_version = self.querystring.get("FunctionVersion", [None])[0]
         limit = min(int(self.querystring.get("MaxItems", ["50"])[0]), 50)
         start = int(self.querystring.get("Marker", ["0"])[0] or 0)
-        functions = list(self.backend.list_functions(func_version))
-        page = functions[start:start + limit]
-        result = {"Functions": [fn.get_configuration() for fn in page]}
-        if start + limit < len(functions):
+        def entries():
+            for group in self.backend._lambdas._functions.values():
+                yield group, None
+                if func_version == "ALL":
+                    yield from ((group, version) for version in group["versions"])
+
+        configurations = []
+        more = False
+        for index, (group, version) in enumerate(itertools.islice(entries(), start, start + limit + 1)):
+            if index == limit:
+                more = True
+                break
+            configuration = (version or group["latest"]).get_configuration()
+            if version is None and func_version == "ALL":
+                configuration["FunctionArn"] += ":$LATEST"
+            configurations.append(configuration)
+        result = {"Functions": configurations}
+        if more:
             result["NextMarker"] = str(start + limit)
         return json.dumps(result)
 
