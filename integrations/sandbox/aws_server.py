@@ -1,12 +1,13 @@
 """moto's server, in-process, for the demo and the end-to-end tests.
 
-Two moto (5.x) deviations from AWS on layer policies are corrected here, so that
-LayerGuard's revision-guarded removal is exercised as it runs against AWS:
+moto (5.x) deviations from AWS that matter to LayerGuard are corrected here, so the
+code under test runs as it does against AWS:
 - ``RemoveLayerVersionPermission`` passes the RevisionId query parameter as a list,
   so every guarded removal fails with PreconditionFailed, even a correct one;
 - removing a statement does not move the policy's revision id;
 - ``ListFunctions`` ignores ``MaxItems``/``Marker`` and returns every function at once,
-  where AWS pages by 50 (which is what makes consumer discovery slow at scale).
+  where AWS pages by 50 (which is what makes consumer discovery slow at scale);
+- ``ListLayerVersions`` finds nothing when the layer is named by its ARN, as AWS allows.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import itertools
 import json
 import logging
 import os
+from urllib.parse import unquote
 
 _FIXED = False
 
@@ -25,6 +27,7 @@ def apply_moto_fixes() -> None:
     if _FIXED:
         return
     from moto.awslambda import policy as moto_policy
+    from moto.awslambda.models import LambdaBackend
     from moto.awslambda.responses import LambdaResponse
     from moto.moto_api._internal import mock_random
 
@@ -69,6 +72,13 @@ def apply_moto_fixes() -> None:
             result["NextMarker"] = str(start + limit)
         return json.dumps(result)
 
+    original_list_layer_versions = LambdaBackend.list_layer_versions
+
+    def list_layer_versions(self, layer_name):
+        name = unquote(layer_name)
+        return original_list_layer_versions(self, name.split(":layer:", 1)[1] if ":layer:" in name else name)
+
+    LambdaBackend.list_layer_versions = list_layer_versions
     LambdaResponse.remove_layer_version_permission = remove_layer_version_permission
     LambdaResponse.list_functions = list_functions
     moto_policy.Policy.del_statement = del_statement

@@ -201,3 +201,23 @@ def test_cases_command_lists_status(world, tmp_path):
     cases = [json.loads(line) for line in out.getvalue().splitlines()]
     assert sorted(c["status"] for c in cases) == ["awaiting_approval", "contained"]
     assert all(c["history"] for c in cases)
+
+
+def test_ticket_and_prompt_carry_the_investigation(world, tmp_path):
+    newer = world.publish_layer(LAYER)  # version 2, shared with an organization
+    world.grant(LAYER, newer["Version"], "org-share", "*", organization_id="o-someone1234")
+    code, [outcome] = respond(world, write_detections(
+        tmp_path / "d.json", cloudtrail_record(LAYER, 1, PARTNER_ACCOUNT_ID, "partner-share",
+                                               user_agent="APN/1.0 HashiCorp/1.0 Terraform/1.9.5",
+                                               source_ip="8.8.8.8")))
+    assert code == 0
+    description = world.jira.issues[outcome["ticket"]]["fields"]["description"]
+    assert "h3. Other versions of this layer" in description
+    assert "|2|org:o-someone1234|" in description
+    assert "||Tool|Terraform|" in description and "||Source|public address 8.8.8.8|" in description
+    assert "Accounts searched: 123456789012" in description
+    [message] = slack_messages(world)
+    facts = json.dumps(message["blocks"])
+    for label in ("Who", "From", "Tool", "Consumers", "Secrets in the layer"):
+        assert f"*{label}*" in facts
+    assert "Terraform" in facts and "2 function(s) in 1 account(s)" in facts

@@ -242,3 +242,33 @@ def test_case_statements_prefer_the_sid_and_fall_back_to_the_grantee():
         "partner", "partner-copy"]
     # A Sid reused for another grantee is not the case's statement.
     assert case_statements("other", "account:210987654321")(statements[2:]) == []
+
+
+def test_contain_all_versions_removes_public_grants_everywhere_and_restore_puts_them_back(lam):
+    from actions.contain import restore_statements
+    from integrations.state import Case, SQLiteStateStore
+    from playbooks.layer_exposure import _contain_other_versions
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("python/u.py", "X = 2\n")
+    lam.publish_layer_version(LayerName="utils", Content={"ZipFile": archive.getvalue()})
+    lam.add_layer_version_permission(LayerName="utils", VersionNumber=2, StatementId="pub-v2",
+                                     Action="lambda:GetLayerVersion", Principal="*")
+    grant(lam, "pub-v1", "*")
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStateStore(f"{tmp}/s.sqlite")
+        case, _ = store.open_case(Case("LG-1", "k", f"{LAYER_ARN}:1", "public", "public", "critical"))
+        first = contain_grant(lam, LAYER_ARN, 1, public_statements)
+        case = store.update_case("LG-1", removed_statements=first.removed)
+        case = _contain_other_versions(store, case, lam, detection_of("utils"))
+    assert sids(lam) == []
+    with pytest.raises(lam.exceptions.ResourceNotFoundException):
+        lam.get_layer_version_policy(LayerName="utils", VersionNumber=2)
+    assert [(s["Sid"], s.get("_LayerVersion")) for s in case.removed_statements] == [("pub-v1", None), ("pub-v2", 2)]
+
+    assert restore_statements(lam, LAYER_ARN, 1, case.removed_statements) == ["pub-v1", "pub-v2"]
+    assert sids(lam) == ["pub-v1"]
+    v2 = json.loads(lam.get_layer_version_policy(LayerName="utils", VersionNumber=2)["Policy"])["Statement"]
+    assert [(s["Sid"], s["Principal"]) for s in v2] == [("pub-v2", "*")]
