@@ -87,7 +87,7 @@ def approval_blocks(case_id: str, detection: Detection, classification: Classifi
 
 
 def notification_text(detection: Detection, classification: Classification, containment: ContainmentResult | None) -> str:
-    done = {"contained": "removed", "already_contained": "already gone"}.get(
+    done = {"contained": "removed", "already_contained": "already gone", "failed": "NOT REMOVED"}.get(
         containment.status if containment else "", "notified")
     return (f"LayerGuard: {classification.kind.value} grant on {escape_mrkdwn(detection.layer_version_arn)} "
             f"— {done}")
@@ -95,7 +95,10 @@ def notification_text(detection: Detection, classification: Classification, cont
 
 def notification_blocks(case_id: str, detection: Detection, classification: Classification, context: LayerContext,
                         containment: ContainmentResult | None, ticket_key: str, ticket_url: str) -> list[dict]:
-    if containment and containment.status == "contained":
+    if containment and containment.status == "failed":
+        headline = (f":rotating_light: *LayerGuard could not remove this grant: act now.* "
+                    f"{escape_mrkdwn(containment.error, 1200)}")
+    elif containment and containment.status == "contained":
         sids = ", ".join(f"`{escape_mrkdwn(s)}`" for s in containment.removed_sids)
         headline = f"Public grant removed and verified (statements {sids})."
     elif containment:

@@ -26,10 +26,11 @@ class ContainmentFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class ContainmentResult:
-    status: str  # contained | already_contained | would_contain
+    status: str  # contained | already_contained | would_contain | failed
     removed: tuple[dict, ...]  # verbatim, so they can be restored
     policy_after: tuple[dict, ...]
     aws_calls: int
+    error: str = ""  # when failed: what went wrong and what to run by hand
 
     @property
     def removed_sids(self) -> list[str]:

@@ -85,6 +85,8 @@ def describe_containment(containment: ContainmentResult | None, response: Respon
             Response.APPROVE: ["Approval requested in Slack: revoke or keep this grant."],
             Response.NOTIFY: ["Notified only: this kind of grant is configured as notify."],
         }.get(response, ["No containment was run."])
+    if containment.status == "failed":
+        return [f"*Containment FAILED: the grant may still be in place.* {escape_jira(containment.error, 1200)}"]
     if containment.status == "already_contained":
         return ["The grant was already gone from the layer policy when LayerGuard checked (verified)."]
     lines = [f"Removed statement {escape_jira(s.get('Sid'))} (principal {escape_jira(_principal_text(s))}) "

@@ -45,9 +45,9 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp, SandboxWorld(Path(tmp)) as world:
         config = load_config(world.write_config())
-        services = build_services(config, Secrets(**{k.lower(): v for k, v in SANDBOX_SECRETS.items()}))
         aws = DelayedAws(delay)
-        services.aws = AwsClients(session_factory=aws.session)
+        services = build_services(config, Secrets(**{k.lower(): v for k, v in SANDBOX_SECRETS.items()}),
+                                  aws=AwsClients(session_factory=aws.session))
 
         # One plain AWS round trip with the same delay, for the denominator.
         probe = services.aws.lambda_client("123456789012", "us-east-1")

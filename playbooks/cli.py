@@ -42,8 +42,8 @@ def build_investigator(config: Config, aws: AwsClients, store=None) -> Investiga
     ), prior_grants=store.grants_by_actor if store else (lambda arn: 0))
 
 
-def build_services(config: Config, secrets: Secrets, dry_run: bool = False) -> Services:
-    aws = AwsClients(assume_role=config.aws.assume_role, external_id=config.aws.external_id)
+def build_services(config: Config, secrets: Secrets, dry_run: bool = False, aws: AwsClients | None = None) -> Services:
+    aws = aws or AwsClients(assume_role=config.aws.assume_role, external_id=config.aws.external_id)
     if dry_run:
         return Services(aws=aws, investigator=build_investigator(config, aws))
     if not secrets.jira_api_token:

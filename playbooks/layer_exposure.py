@@ -143,26 +143,31 @@ def respond(detection: Detection, config: Config, services: Services, dry_run: b
         return replace(outcome, decision="trusted")
 
     # 3. Contain at once: nothing but AWS happens before the grant is gone.
-    lambda_client = services.aws.lambda_client(detection.layer_account_id, detection.region)
     containment: ContainmentResult | None = None
     if response is Response.REVOKE:
         try:
-            containment = contain_grant(lambda_client, detection.layer_arn, detection.version, select)
+            containment = contain_grant(services.aws.lambda_client(detection.layer_account_id, detection.region),
+                                        detection.layer_arn, detection.version, select)
         except Exception as exc:
-            store.update_case(case.case_id, status="failed", note=f"containment failed: {exc}")
-            return replace(outcome, decision="failed", errors=[f"containment failed: {exc}"])
-        case = store.update_case(
-            case.case_id, status=containment.status,
-            removed_statements=case.removed_statements + containment.removed,
-            note=f"{containment.status}: removed {', '.join(containment.removed_sids) or 'nothing'}")
-        outcome = replace(outcome, decision=containment.status, removed_statements=containment.removed_sids)
+            # The most urgent case of all: still ticket it and tell Slack, with what to run by hand.
+            containment = ContainmentResult("failed", (), (), 0, error=_containment_failure(exc, detection))
+            case = store.update_case(case.case_id, status="failed", note=f"containment failed: {exc}")
+            outcome = replace(outcome, decision="failed", errors=[f"containment failed: {exc}"])
+        else:
+            case = store.update_case(
+                case.case_id, status=containment.status,
+                removed_statements=case.removed_statements + containment.removed,
+                note=f"{containment.status}: removed {', '.join(containment.removed_sids) or 'nothing'}")
+            outcome = replace(outcome, decision=containment.status, removed_statements=containment.removed_sids)
     else:
         outcome = replace(outcome, decision=DECISION_BY_RESPONSE[response])
         if case.status != outcome.decision and case.is_open:
             case = store.update_case(case.case_id, status=outcome.decision, note=classification.reason)
 
-    if containment is not None and config.contain_all_versions and classification.kind is GrantKind.PUBLIC:
-        case = _contain_other_versions(store, case, lambda_client, detection)
+    if containment and containment.status != "failed" and config.contain_all_versions \
+            and classification.kind is GrantKind.PUBLIC:
+        case = _contain_other_versions(store, case, services.aws.lambda_client(
+            detection.layer_account_id, detection.region), detection)
 
     # 4. Collect context (read-only, best effort). Secrets in the layer raise the severity:
     # revoking the grant does not take back copies already downloaded.
@@ -177,7 +182,14 @@ def respond(detection: Detection, config: Config, services: Services, dry_run: b
 
     # 5. + 6. The ticket, then Slack; either failing leaves the event open for a retry.
     done_steps = store.event_steps(detection.event_id)
-    errors: list[str] = []
+    errors: list[str] = list(outcome.errors)
+    if containment and containment.status != "failed" and "ticket" in done_steps and case.ticket_key \
+            and services.tickets:
+        # An earlier attempt already ticketed this event (containment had failed, or we crashed).
+        try:
+            services.tickets.comment(case.ticket_key, render_repeat_comment(detection, containment))
+        except Exception as exc:
+            errors.append(str(exc))
     for step, run in (("ticket", _ticket_step), ("slack", _slack_step)):
         if step in done_steps:
             continue
@@ -195,6 +207,14 @@ def respond(detection: Detection, config: Config, services: Services, dry_run: b
 
 
 # ----------------------------------------------------------------------------- steps
+
+
+def _containment_failure(exc: Exception, detection: Detection) -> str:
+    return (f"{type(exc).__name__}: {str(exc)[:300]}. Remove it by hand with credentials for "
+            f"{detection.layer_account_id}: aws lambda get-layer-version-policy --layer-name {detection.layer_arn} "
+            f"--version-number {detection.version} --region {detection.region}, then aws lambda "
+            f"remove-layer-version-permission --layer-name {detection.layer_arn} --version-number "
+            f"{detection.version} --statement-id <Sid> --region {detection.region} for each public statement.")
 
 
 def _contain_other_versions(store: StateStore, case: Case, lambda_client, detection: Detection) -> Case:

@@ -1,9 +1,13 @@
 """`layerguard respond` end to end: the grant, the ticket, the Slack message, the state file."""
 
+import io
 import json
 import os
 import subprocess
 import sys
+import zipfile
+
+import pytest
 
 from integrations.http_server import Fault
 from integrations.sandbox.world import PARTNER_ACCOUNT_ID, cloudtrail_record
@@ -221,3 +225,63 @@ def test_ticket_and_prompt_carry_the_investigation(world, tmp_path):
     for label in ("Who", "From", "Tool", "Consumers", "Secrets in the layer"):
         assert f"*{label}*" in facts
     assert "Terraform" in facts and "2 function(s) in 1 account(s)" in facts
+
+
+def test_grant_in_a_member_account_is_contained_through_the_assumed_role(world, tmp_path):
+    """moto keeps resources per account: an assumed role in 210987654321 sees only that account."""
+    from integrations.aws import AwsClients
+
+    member = AwsClients(assume_role="arn:aws:iam::{account_id}:role/LayerGuardResponder")
+    client = member.lambda_client(PARTNER_ACCOUNT_ID, "us-east-1")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("python/m.py", "X = 1\n")
+    layer = client.publish_layer_version(LayerName="member-layer", Content={"ZipFile": archive.getvalue()})
+    client.add_layer_version_permission(LayerName="member-layer", VersionNumber=1, StatementId="pub",
+                                        Action="lambda:GetLayerVersion", Principal="*")
+    world.config_path = world.write_config("member.yaml")
+    text = world.config_path.read_text().replace("aws:\n", "aws:\n  assume_role: arn:aws:iam::{account_id}:role/LayerGuardResponder\n", 1)
+    world.config_path.write_text(text)
+    code, [outcome] = respond(world, write_detections(tmp_path / "d.json", cloudtrail_record(
+        layer["LayerArn"], 1, "*", "pub")))
+
+    assert code == 0 and outcome["decision"] == "contained"
+    with pytest.raises(client.exceptions.ResourceNotFoundException):
+        client.get_layer_version_policy(LayerName="member-layer", VersionNumber=1)
+
+
+def test_a_role_that_cannot_be_assumed_still_opens_the_ticket_and_alerts(world, tmp_path):
+    import boto3
+    from botocore.stub import Stubber
+
+    from integrations.aws import AwsClients
+    from playbooks.cli import build_services
+    from playbooks.config import Secrets, load_config
+    from playbooks.detection import detection_from_record
+    from playbooks.layer_exposure import respond as run_playbook
+
+    class DenyingSession(boto3.session.Session):
+        def client(self, service, *args, **kwargs):
+            client = super().client(service, *args, **kwargs)
+            if service == "sts":
+                stub = Stubber(client)
+                for _ in range(3):
+                    stub.add_client_error("assume_role", "AccessDenied", http_status_code=403)
+                stub.activate()
+            return client
+
+    config = load_config(world.config_path)
+    services = build_services(config, Secrets.from_environment(), aws=AwsClients(
+        assume_role="arn:aws:iam::{account_id}:role/LayerGuardResponder", session_factory=DenyingSession))
+    outcome = run_playbook(detection_from_record(cloudtrail_record(LAYER, 1, "*", "public-share"), "t"),
+                           config, services)
+
+    assert outcome.decision == "failed" and outcome.errors
+    description = world.jira.issues[outcome.ticket]["fields"]["description"]
+    assert "Containment FAILED" in description
+    assert "remove\\-layer\\-version\\-permission" in description or "remove-layer-version-permission" in description
+    assert "h3. Collection problems" in description
+    [message] = slack_messages(world)
+    assert "could not remove this grant" in json.dumps(message["blocks"])
+    [case] = SQLiteStateStore(world.state_path).list_cases()
+    assert case.status == "failed"
