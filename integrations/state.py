@@ -103,11 +103,16 @@ class StateStore(Protocol):
     def record_decision(self, case_id: str, decision: str, by: str, allowed_statuses: Iterable[str],
                         job_kind: str, payload: dict | None = None) -> bool: ...
     def enqueue(self, kind: str, case_id: str, payload: dict | None = None) -> int: ...
-    def claim_job(self, lease_seconds: float = 300.0) -> Job | None: ...
+    def claim_job(self, lease_seconds: float = 300.0, job_id: int | None = None) -> Job | None: ...
+    def has_pending(self, kind: str, case_id: str) -> bool: ...
     def mark_job_step(self, job_id: int, step: str, detail: str = "") -> None: ...
     def finish_job(self, job_id: int) -> None: ...
     def retry_job(self, job_id: int, error: str, delay_seconds: float) -> None: ...
     def release_running_jobs(self) -> int: ...
+    def has_pending(self, kind: str, case_id: str) -> bool:
+        return self._db().execute("SELECT 1 FROM jobs WHERE kind = ? AND case_id = ? AND status != 'done'",
+                                  (kind, case_id)).fetchone() is not None
+
     def pending_jobs(self) -> list[tuple[Job, str]]: ...
     def add_exception(self, exception: GrantException) -> None: ...
     def active_exception(self, layer_arn: str, grantee: str) -> GrantException | None: ...
@@ -379,12 +384,16 @@ class SQLiteStateStore:
     _READY = ("SELECT * FROM jobs WHERE (status = 'pending' AND not_before <= ?) "
               "OR (status = 'running' AND lease_until < ?) ORDER BY job_id LIMIT 1")
 
-    def claim_job(self, lease_seconds: float = 300.0) -> Job | None:
+    _BY_ID = "SELECT * FROM jobs WHERE job_id = ? AND status != 'done'"
+
+    def claim_job(self, lease_seconds: float = 300.0, job_id: int | None = None) -> Job | None:
+        """The oldest ready job, or job ``job_id`` whatever its schedule (`layerguard retry`)."""
         now = self.clock()
-        if self._db().execute(self._READY, (now, now)).fetchone() is None:
+        query, params = (self._BY_ID, (job_id,)) if job_id is not None else (self._READY, (now, now))
+        if self._db().execute(query, params).fetchone() is None:
             return None  # the common idle answer, without taking the write lock
         with self._tx() as db:
-            row = db.execute(self._READY, (now, now)).fetchone()
+            row = db.execute(query, params).fetchone()
             if row is None:
                 return None
             db.execute("UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_until = ? WHERE job_id = ?",
@@ -411,6 +420,10 @@ class SQLiteStateStore:
         """At start-up: jobs a previous process was running when it died are pending again."""
         with self._tx() as db:
             return db.execute("UPDATE jobs SET status = 'pending', lease_until = 0 WHERE status = 'running'").rowcount
+
+    def has_pending(self, kind: str, case_id: str) -> bool:
+        return self._db().execute("SELECT 1 FROM jobs WHERE kind = ? AND case_id = ? AND status != 'done'",
+                                  (kind, case_id)).fetchone() is not None
 
     def pending_jobs(self) -> list[tuple[Job, str]]:
         rows = self._db().execute("SELECT * FROM jobs WHERE status != 'done' ORDER BY job_id").fetchall()

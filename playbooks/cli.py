@@ -87,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=3000)
 
     with_config(commands.add_parser("expire", help="send reminders, apply approval timeouts and run pending jobs once"))
+    with_config(commands.add_parser("retry", help="deliver every pending ticket, message and decision now"))
 
     commands.add_parser("demo", help="run the whole story against local AWS, Jira and Slack stand-ins")
     return parser
@@ -110,8 +111,8 @@ def main(argv: Sequence[str] | None = None, stdin=None, stdout: TextIO | None = 
         return _cases(config, args.json, out)
     if args.command == "serve":
         return _serve(config, args, out)
-    if args.command == "expire":
-        return _expire(config, out)
+    if args.command in ("expire", "retry"):
+        return _run_jobs(config, out, expire=args.command == "expire")
     return _respond(config, args, stdin, out)
 
 
@@ -139,7 +140,7 @@ def _serve(config: Config, args, out: TextIO) -> int:
     return EXIT_OK
 
 
-def _expire(config: Config, out: TextIO) -> int:
+def _run_jobs(config: Config, out: TextIO, expire: bool) -> int:
     from playbooks.approvals import expire_due
     from playbooks.worker import Worker
 
@@ -148,9 +149,13 @@ def _expire(config: Config, out: TextIO) -> int:
     except SetupError as exc:
         print(f"layerguard: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    for line in expire_due(config, services.store):
-        print(line, file=out)
-    ran = Worker(config, services).drain()
+    worker = Worker(config, services)
+    if expire:
+        for line in expire_due(config, services.store):
+            print(line, file=out)
+        ran = worker.drain()
+    else:
+        ran = worker.retry_all()
     pending = services.store.pending_jobs()
     print(f"ran {ran} job(s); {len(pending)} still pending", file=out)
     return EXIT_OK if not pending else 1

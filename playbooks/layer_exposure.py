@@ -154,10 +154,14 @@ def respond(detection: Detection, config: Config, services: Services, dry_run: b
             case = store.update_case(case.case_id, status="failed", note=f"containment failed: {exc}")
             outcome = replace(outcome, decision="failed", errors=[f"containment failed: {exc}"])
         else:
+            newly_removed = containment.removed
+            if containment.status == "already_contained" and case.status == "contained" and case.removed_statements:
+                # Resumed or repeated: this case removed the grant before; report that removal.
+                containment = replace(containment, status="contained", removed=case.removed_statements)
             case = store.update_case(
-                case.case_id, status=containment.status,
-                removed_statements=case.removed_statements + containment.removed,
-                note=f"{containment.status}: removed {', '.join(containment.removed_sids) or 'nothing'}")
+                case.case_id, status=containment.status, removed_statements=case.removed_statements + newly_removed,
+                note=f"{containment.status}: removed "
+                     f"{', '.join(str(s.get('Sid')) for s in newly_removed) or 'nothing new'}")
             outcome = replace(outcome, decision=containment.status, removed_statements=containment.removed_sids)
     else:
         outcome = replace(outcome, decision=DECISION_BY_RESPONSE[response])

@@ -8,7 +8,7 @@ failure while acting (the case stays recorded; run again to resume), 2 bad input
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
@@ -17,6 +17,7 @@ from playbooks.detection import Detection, IntakeError, Skipped, detections_from
 from playbooks.layer_exposure import Outcome, Services, respond
 
 EXIT_OK, EXIT_ACTION_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+RETRY_FIRST_DELAY_SECONDS = 30.0
 MAX_INPUT_BYTES = 64 * 1024 * 1024
 
 
@@ -73,6 +74,13 @@ def _read_bytes(path: str, stdin: BinaryIO | None) -> bytes:
     return data
 
 
+def queue_for_retry(services: Services, detection: Detection, case_id: str) -> None:
+    """The outbox: what could not be delivered now is delivered by `serve` or `layerguard retry`."""
+    if not services.store.has_pending("respond", case_id):
+        job_id = services.store.enqueue("respond", case_id, {"detection": asdict(detection)})
+        services.store.retry_job(job_id, "queued after a failed run", RETRY_FIRST_DELAY_SECONDS)
+
+
 def run(intake: Intake, config: Config, services: Services, dry_run: bool = False) -> RunReport:
     report = RunReport(intake_errors=list(intake.errors))
     for item in intake.items:
@@ -82,7 +90,10 @@ def run(intake: Intake, config: Config, services: Services, dry_run: bool = Fals
                                            dry_run=dry_run))
             continue
         try:
-            report.outcomes.append(respond(item, config, services, dry_run=dry_run))
+            outcome = respond(item, config, services, dry_run=dry_run)
+            report.outcomes.append(outcome)
+            if outcome.errors and outcome.case_id and services.store is not None:
+                queue_for_retry(services, item, outcome.case_id)
         except Exception as exc:  # one failing detection must not stop the others
             report.outcomes.append(Outcome(
                 event_id=item.event_id, case_id="", grant="", severity="", decision="failed",

@@ -53,10 +53,10 @@ class Worker:
         with self._ready:
             self._ready.notify_all()
 
-    def run_once(self) -> bool:
-        """Run one ready job; False when none is ready."""
+    def run_once(self, job_id: int | None = None) -> bool:
+        """Run one ready job (or job ``job_id``); False when there is none."""
         store = self.services.store
-        job = store.claim_job()
+        job = store.claim_job(job_id=job_id)
         if job is None:
             return False
         try:
@@ -77,6 +77,11 @@ class Worker:
         while self.run_once():
             count += 1
         return count
+
+    def retry_all(self) -> int:
+        """Run every pending job once now, whatever its back-off (`layerguard retry`)."""
+        ids = [job.job_id for job, _ in self.services.store.pending_jobs()]
+        return sum(1 for job_id in ids if self.run_once(job_id))
 
     def run_forever(self, poll_seconds: float = 1.0) -> None:
         while not self.stopping.is_set():

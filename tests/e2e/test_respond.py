@@ -285,3 +285,29 @@ def test_a_role_that_cannot_be_assumed_still_opens_the_ticket_and_alerts(world, 
     assert "could not remove this grant" in json.dumps(message["blocks"])
     [case] = SQLiteStateStore(world.state_path).list_cases()
     assert case.status == "failed"
+
+
+def test_outbox_keeps_what_jira_and_slack_missed_until_layerguard_retry(world, tmp_path):
+    from playbooks.cli import main
+
+    world.jira.faults.append(Fault(count=1000, status=503))
+    world.slack.faults.append(Fault(count=1000, status=500))
+    path = write_detections(tmp_path / "d.json", cloudtrail_record(LAYER, 1, "*", "public-share"))
+    code, [outcome] = respond(world, path)
+    assert code == 1 and outcome["decision"] == "contained"  # containment never waits on them
+    assert [s["Sid"] for s in world.policy_statements(LAYER, 1)] == ["partner-share"]
+
+    out = io.StringIO()
+    main(["cases", "--config", str(world.config_path)], stdout=out)
+    assert f"pending    respond for {outcome['case_id']}" in out.getvalue()
+    code, _ = respond(world, path)  # a second failing run queues nothing twice
+    assert len(SQLiteStateStore(world.state_path).pending_jobs()) == 1
+
+    world.jira.faults.clear()
+    world.slack.faults.clear()
+    out = io.StringIO()
+    assert main(["retry", "--config", str(world.config_path)], stdout=out) == 0
+    assert "ran 1 job(s); 0 still pending" in out.getvalue()
+    assert len(world.jira.issues) == 1 and len(slack_messages(world)) == 1
+    [case] = SQLiteStateStore(world.state_path).list_cases()
+    assert case.ticket_key and case.slack_ts and case.status == "contained"
