@@ -16,7 +16,7 @@ MITRE = ("T1648", "T1578", "T1578.005")
 MAX_VALUE = 600
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]+")
-_JIRA_SPECIAL = re.compile(r"([\\\[\]{}|*_+^~?!#()])")
+_JIRA_SPECIAL = re.compile(r"([\[\]{}|*_+^~?!#()])")
 # A hyphen between two letters or digits (ARNs, dates, layer names) cannot start
 # strike-through, a dash or a rule; every other hyphen is escaped.
 _JIRA_HYPHEN = re.compile(r"(?<![A-Za-z0-9])-|-(?![A-Za-z0-9])")
@@ -50,7 +50,9 @@ def escape_jira(value: object, limit: int = MAX_VALUE) -> str:
     if not text:
         return "-"
     text = _URL_SCHEME.sub(r"\1[:]", text)  # defang, so no autolink
-    return _JIRA_HYPHEN.sub(r"\\-", _JIRA_SPECIAL.sub(r"\\\1", text))
+    text = text.replace("\\", "\x00")  # control characters are gone, so \x00 is free as a marker
+    text = _JIRA_HYPHEN.sub(r"\\-", _JIRA_SPECIAL.sub(r"\\\1", text))
+    return text.replace("\x00", "&#92;")  # an event's backslash, as an entity: "\\" would be a line break
 
 
 def _table(rows: Iterable[tuple[str, object]]) -> str:
