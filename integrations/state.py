@@ -19,7 +19,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
-OPEN_STATUSES = frozenset({"received", "contained", "already_contained", "awaiting_approval", "notified", "failed"})
+# A case stays open while LayerGuard still waits on something. Once a grant is contained
+# it is closed: the same grant granted again is a new incident, a new case linked to it.
+OPEN_STATUSES = frozenset({"received", "awaiting_approval", "notified", "failed"})
 JSON_FIELDS = ("removed_statements", "detection", "slack_blocks")
 
 

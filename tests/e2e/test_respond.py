@@ -83,16 +83,28 @@ def test_replayed_detection_makes_no_second_ticket_revoke_or_message(world, tmp_
     assert "public-share" in {s["Sid"] for s in world.policy_statements(LAYER, 1)}
 
 
-def test_new_detection_of_an_open_case_re_contains_and_comments(world, tmp_path):
-    respond(world, write_detections(tmp_path / "a.json", cloudtrail_record(LAYER, 1, "*", "public-share")))
+def test_a_grant_re_added_after_containment_is_a_new_case_linked_to_the_old_one(world, tmp_path):
+    _, [first] = respond(world, write_detections(tmp_path / "a.json", cloudtrail_record(LAYER, 1, "*", "public-share")))
     world.grant(LAYER, 1, "public-share-again", "*")
-    code, [outcome] = respond(world, write_detections(
+    code, [second] = respond(world, write_detections(
         tmp_path / "b.json", cloudtrail_record(LAYER, 1, "*", "public-share-again")))
 
-    assert code == 0 and outcome["decision"] == "contained"
-    assert outcome["removed_statements"] == ["public-share-again"]
+    assert code == 0 and second["decision"] == "contained"
+    assert second["removed_statements"] == ["public-share-again"]
+    assert second["case_id"] != first["case_id"] and second["ticket"] != first["ticket"]
+    links = world.jira.issues[second["ticket"]]["fields"]["issuelinks"]
+    assert [link["outwardIssue"]["key"] for link in links] == [first["ticket"]]
+    assert len(slack_messages(world)) == 2
+
+
+def test_repeat_detection_of_a_grant_awaiting_approval_comments_on_its_ticket(world, tmp_path):
+    _, [first] = respond(world, write_detections(
+        tmp_path / "a.json", cloudtrail_record(LAYER, 1, PARTNER_ACCOUNT_ID, "partner-share")))
+    code, [second] = respond(world, write_detections(
+        tmp_path / "b.json", cloudtrail_record(LAYER, 1, PARTNER_ACCOUNT_ID, "partner-share")))
+
+    assert code == 0 and (second["case_id"], second["ticket"]) == (first["case_id"], first["ticket"])
     [(key, issue)] = world.jira.issues.items()
-    assert outcome["ticket"] == key
     comments = issue["fields"]["comment"]["comments"]
     assert len(comments) == 1 and "Repeat detection" in comments[0]["body"]
     assert len(slack_messages(world)) == 1
