@@ -11,7 +11,8 @@ from enum import Enum
 
 from actions.collect_context import LayerContext
 from actions.contain import ContainmentResult
-from actions.ticket import clean_text
+from actions.ticket import CreationInProgress, clean_text
+from playbooks.faults import crash_point
 from playbooks.classify import Classification
 from playbooks.detection import Detection
 
@@ -126,12 +127,29 @@ def notification_blocks(case_id: str, detection: Detection, classification: Clas
 
 
 def post_case_message(chat, store, case, channel: str, text: str, blocks: list[dict]):
-    """Post the case's Slack message once; the channel and ts are kept for later updates."""
+    """Post the case's Slack message once; the channel and ts are kept for later updates.
+
+    The intent is recorded first; if an earlier attempt may have landed, the channel's
+    history since then is searched for the case's message before posting again.
+    """
     if case.slack_ts:
         return case
-    posted = chat.post(channel, text, blocks)
+    claimed, earlier = store.claim_create(case.case_id, "slack")
+    if not claimed:
+        current = store.get_case(case.case_id)
+        if current.slack_ts:
+            return current
+        raise CreationInProgress(f"the Slack message of case {case.case_id} is being posted by another process")
+    try:
+        found = chat.find_message(channel, f"Case `{case.case_id}`", since=earlier - 1) if earlier else None
+        posted = found or chat.post(channel, text, blocks)
+    except Exception as exc:
+        if not getattr(exc, "uncertain", False):
+            store.release_create(case.case_id, "slack")
+        raise
+    crash_point("slack:after_post")
     return store.update_case(case.case_id, slack_channel=posted.channel, slack_ts=posted.ts, slack_blocks=blocks,
-                             note=f"Slack message {posted.ts} posted in {posted.channel}")
+                             note=f"Slack message {posted.ts} {'found' if found else 'posted'} in {posted.channel}")
 
 
 SLACK_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")

@@ -11,6 +11,7 @@ from actions.contain import ContainmentResult
 from integrations.jira_client import TicketFields
 from playbooks.classify import Classification, Response, grants_from_statement
 from playbooks.detection import Detection
+from playbooks.faults import crash_point
 
 MITRE = ("T1648", "T1578", "T1578.005")
 MAX_VALUE = 600
@@ -209,12 +210,35 @@ def render_repeat_comment(detection: Detection, containment: ContainmentResult |
     return "\n\n".join(lines)
 
 
+class CreationInProgress(RuntimeError):
+    """Another process is creating this case's ticket or message; retry later."""
+
+
 def open_or_update_ticket(tickets, store, case, fields: TicketFields, repeat_comment: str):
-    """One ticket per case: create it the first time, comment on it after that."""
+    """One ticket per case: create it the first time, comment on it after that.
+
+    The intent is recorded before creating; if an earlier attempt may have landed (a crash,
+    a dropped answer), the ticket is looked up by the case's label before creating again.
+    """
     if case.ticket_key:
         tickets.comment(case.ticket_key, repeat_comment)
         return store.update_case(case.case_id, note=f"repeat detection commented on {case.ticket_key}")
-    key = tickets.create(fields)
+    claimed, earlier = store.claim_create(case.case_id, "ticket")
+    if not claimed:
+        current = store.get_case(case.case_id)
+        if current.ticket_key:
+            return open_or_update_ticket(tickets, store, current, fields, repeat_comment)
+        raise CreationInProgress(f"the ticket of case {case.case_id} is being created by another process")
+    try:
+        key = tickets.find_by_label(case_label(case.case_id)) if earlier else None
+        if key:
+            return store.update_case(case.case_id, ticket_key=key, note=f"ticket {key} found: an earlier attempt landed")
+        key = tickets.create(fields)
+    except Exception as exc:
+        if not getattr(exc, "uncertain", False):
+            store.release_create(case.case_id, "ticket")
+        raise
+    crash_point("ticket:after_create")
     return store.update_case(case.case_id, ticket_key=key, note=f"ticket {key} opened")
 
 

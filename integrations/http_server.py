@@ -112,6 +112,10 @@ class HttpServer:
         """A reply that pre-empts routing (authentication, injected faults), or None."""
         return None
 
+    def drop_reply(self, request: Request) -> bool:
+        """True to close the connection without answering a request already processed."""
+        return False
+
     def _dispatch(self, handler: BaseHTTPRequestHandler) -> None:
         with self._lock:
             self.in_flight += 1
@@ -139,6 +143,9 @@ class HttpServer:
         with self._lock:
             self.request_log.append((time.time(), request.method, request.path))
         reply = self.before_route(request) or self._route(request)
+        if self.drop_reply(request):
+            handler.close_connection = True  # processed, but the client never hears back
+            return
         self._send(handler, reply)
 
     def _send(self, handler: BaseHTTPRequestHandler, reply: Reply) -> None:
@@ -191,9 +198,17 @@ class HttpEmulator(HttpServer):
         super().__init__(host, port)
         self.latency_seconds = 0.0
         self.faults: list[Fault] = []
+        self.drop_after_processing: dict[str, int] = {}  # path -> how many answers to lose
 
     def authorised(self, request: Request) -> bool:
         return True
+
+    def drop_reply(self, request: Request) -> bool:
+        with self._lock:
+            left = self.drop_after_processing.get(request.path, 0)
+            if left:
+                self.drop_after_processing[request.path] = left - 1
+            return bool(left)
 
     def before_route(self, request: Request) -> Reply | None:
         with self._lock:

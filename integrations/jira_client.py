@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from integrations.retry import jira_retry
+from integrations.retry import jira_retry, never_sent
 
 
 class TicketError(RuntimeError):
-    """Jira refused or could not be reached; the message names the operation."""
+    """Jira refused or could not be reached; the message names the operation.
+
+    ``uncertain`` when Jira may have acted anyway (the answer was lost after sending).
+    """
+
+    def __init__(self, message: str, uncertain: bool = False):
+        super().__init__(message)
+        self.uncertain = uncertain
 
 
 @dataclass(frozen=True)
@@ -56,9 +63,10 @@ class JiraTickets:
         try:
             return jira_retry(fn)()
         except JIRAError as exc:
-            raise TicketError(f"Jira {operation} failed: HTTP {exc.status_code}: {(exc.text or '')[:200]}") from exc
+            raise TicketError(f"Jira {operation} failed: HTTP {exc.status_code}: {(exc.text or '')[:200]}",
+                              uncertain=exc.status_code in (None, 504)) from exc
         except requests.RequestException as exc:
-            raise TicketError(f"Jira {operation} failed: {type(exc).__name__}") from exc
+            raise TicketError(f"Jira {operation} failed: {type(exc).__name__}", uncertain=not never_sent(exc)) from exc
 
     def browse_url(self, key: str) -> str:
         return f"{self.url}/browse/{key}"

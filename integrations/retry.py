@@ -88,9 +88,35 @@ def _jira_status(exc: BaseException) -> int | None:
     return status
 
 
+def never_sent(exc: BaseException) -> bool:
+    """True when the request cannot have reached the server (refused, or no connection in time).
+
+    A connection dropped or timed out after sending is uncertain: the server may have
+    acted, so that is not retried blindly.
+    """
+    import urllib3.exceptions
+
+    if isinstance(exc, (requests.ConnectTimeout, ConnectionRefusedError)):
+        return True
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
+                                ConnectionRefusedError)):
+            return True
+        pending += [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
+        pending += [e for e in (getattr(current, "reason", None), current.__cause__, current.__context__)
+                    if isinstance(e, BaseException)]
+    return False
+
+
 def _jira_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.ReadTimeout):
-        return True  # refused before the request was processed
+    if isinstance(exc, requests.ConnectionError):
+        return never_sent(exc)
     return _jira_status(exc) in (429, 503)
 
 
@@ -115,7 +141,7 @@ def _slack_retryable(exc: BaseException) -> bool:
 
     if isinstance(exc, SlackApiError):
         return exc.response.status_code == 429 or exc.response.get("error") == "ratelimited"
-    return isinstance(exc, ConnectionRefusedError)
+    return never_sent(exc)
 
 
 def _slack_retry_after(exc: BaseException) -> float | None:

@@ -5,13 +5,21 @@ slack_sdk's own retry handlers are switched off; integrations/retry.py owns retr
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
-from integrations.retry import slack_retry
+from integrations.retry import never_sent, slack_retry
 
 
 class ChatError(RuntimeError):
-    """Slack refused or could not be reached; the message names the method and error."""
+    """Slack refused or could not be reached; the message names the method and error.
+
+    ``uncertain`` when Slack may have acted anyway (the answer was lost after sending).
+    """
+
+    def __init__(self, message: str, uncertain: bool = False):
+        super().__init__(message)
+        self.uncertain = uncertain
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,7 @@ class SlackChat:
         except SlackApiError as exc:
             raise ChatError(f"Slack {method} failed: {exc.response.get('error', exc.response.status_code)}") from exc
         except (SlackRequestError, OSError) as exc:
-            raise ChatError(f"Slack {method} failed: {type(exc).__name__}") from exc
+            raise ChatError(f"Slack {method} failed: {type(exc).__name__}", uncertain=not never_sent(exc)) from exc
 
     def post(self, channel: str, text: str, blocks: list[dict], thread_ts: str = "") -> PostedMessage:
         kwargs = {"channel": channel, "text": text, "blocks": blocks, "unfurl_links": False}
@@ -47,6 +55,14 @@ class SlackChat:
 
     def update(self, channel: str, ts: str, text: str, blocks: list[dict]) -> None:
         self._call("chat.update", channel=channel, ts=ts, text=text, blocks=blocks)
+
+    def find_message(self, channel: str, marker: str, since: float) -> PostedMessage | None:
+        """A message posted since ``since`` whose blocks mention ``marker`` (needs channels:history)."""
+        response = self._call("conversations.history", channel=channel, oldest=f"{since:.6f}", limit=200)
+        for message in response.get("messages", []):
+            if marker in json.dumps(message.get("blocks", [])):
+                return PostedMessage(response.get("channel") or channel, message["ts"])
+        return None
 
     def ephemeral(self, channel: str, user: str, text: str) -> None:
         self._call("chat.postEphemeral", channel=channel, user=user, text=text)

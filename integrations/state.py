@@ -46,6 +46,8 @@ class Case:
     reminded_at: float = 0.0
     escalated_at: float = 0.0
     previous_ticket: str = ""
+    ticket_intent_at: float = 0.0  # a ticket creation was started (it may have landed)
+    slack_intent_at: float = 0.0  # a message post was started (it may have landed)
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -95,7 +97,29 @@ class StateStore(Protocol):
     def update_case(self, case_id: str, note: str = "", **changes: Any) -> Case: ...
     def latest_closed_case(self, key: str) -> Case | None: ...
     def list_cases(self) -> list[Case]: ...
+    def claim_create(self, case_id: str, what: str, lease_seconds: float = 120.0) -> tuple[bool, float]:
+        """Record the intent to create the case's ticket or message before doing it.
+
+        Returns (claimed, earlier intent time). Only one process at a time holds the claim
+        (another's expires after ``lease_seconds``); an earlier intent means an earlier
+        attempt may have landed, so the caller looks for it before creating again.
+        """
+        column = {"ticket": "ticket_intent_at", "slack": "slack_intent_at"}[what]
+        done = {"ticket": "ticket_key", "slack": "slack_ts"}[what]
+        now = self.clock()
+        with self._tx() as db:
+            row = db.execute(f"SELECT {column}, {done} FROM cases WHERE case_id = ?", (case_id,)).fetchone()
+            earlier, existing = row[0], row[1]
+            if existing or (earlier and now - earlier < lease_seconds and earlier != self._own_intents.get(
+                    (case_id, what))):
+                return False, earlier
+            db.execute(f"UPDATE cases SET {column} = ? WHERE case_id = ?", (now, case_id))
+            self._own_intents[(case_id, what)] = now
+            return True, earlier
+
     def grants_by_actor(self, actor_arn: str) -> int: ...
+    def claim_create(self, case_id: str, what: str, lease_seconds: float = 120.0) -> tuple[bool, float]: ...
+    def release_create(self, case_id: str, what: str) -> None: ...
     def history(self, case_id: str) -> list[HistoryEntry]: ...
     def claim_event(self, event_id: str, case_id: str) -> str: ...
     def event_status(self, event_id: str) -> tuple[str, str] | None: ...
@@ -143,6 +167,8 @@ CREATE TABLE IF NOT EXISTS cases (
     reminded_at REAL NOT NULL DEFAULT 0,
     escalated_at REAL NOT NULL DEFAULT 0,
     previous_ticket TEXT NOT NULL DEFAULT '',
+    ticket_intent_at REAL NOT NULL DEFAULT 0,
+    slack_intent_at REAL NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -198,6 +224,7 @@ class SQLiteStateStore:
         self.clock = clock
         self._local = threading.local()
         self._write_lock = threading.Lock()
+        self._own_intents: dict[tuple[str, str], float] = {}
         self._db().executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
 
     # -- plumbing
@@ -312,6 +339,33 @@ class SQLiteStateStore:
         row = self._db().execute("SELECT * FROM cases WHERE case_key = ? AND is_open = 0 AND ticket_key != '' "
                                  "ORDER BY created_at DESC LIMIT 1", (key,)).fetchone()
         return self._row_to_case(row) if row else None
+
+    def claim_create(self, case_id: str, what: str, lease_seconds: float = 120.0) -> tuple[bool, float]:
+        """Record the intent to create the case's ticket or message before doing it.
+
+        Returns (claimed, earlier intent time). Only one process at a time holds the claim
+        (another's expires after ``lease_seconds``); an earlier intent means an earlier
+        attempt may have landed, so the caller looks for it before creating again.
+        """
+        column = {"ticket": "ticket_intent_at", "slack": "slack_intent_at"}[what]
+        done = {"ticket": "ticket_key", "slack": "slack_ts"}[what]
+        now = self.clock()
+        with self._tx() as db:
+            row = db.execute(f"SELECT {column}, {done} FROM cases WHERE case_id = ?", (case_id,)).fetchone()
+            earlier, existing = row[0], row[1]
+            if existing or (earlier and now - earlier < lease_seconds and earlier != self._own_intents.get(
+                    (case_id, what))):
+                return False, earlier
+            db.execute(f"UPDATE cases SET {column} = ? WHERE case_id = ?", (now, case_id))
+            self._own_intents[(case_id, what)] = now
+            return True, earlier
+
+    def release_create(self, case_id: str, what: str) -> None:
+        """The attempt certainly created nothing: the next one need not look for it."""
+        column = {"ticket": "ticket_intent_at", "slack": "slack_intent_at"}[what]
+        with self._tx() as db:
+            db.execute(f"UPDATE cases SET {column} = 0 WHERE case_id = ?", (case_id,))
+        self._own_intents.pop((case_id, what), None)
 
     def grants_by_actor(self, actor_arn: str) -> int:
         """How many cases this actor's grants have opened (for the actor profile)."""
