@@ -11,6 +11,8 @@ a crash after Slack's ack loses nothing.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -48,6 +50,8 @@ class Case:
     previous_ticket: str = ""
     ticket_intent_at: float = 0.0  # a ticket creation was started (it may have landed)
     slack_intent_at: float = 0.0  # a message post was started (it may have landed)
+    ticket_intent_by: str = ""  # host:pid that started it
+    slack_intent_by: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
 
@@ -83,6 +87,25 @@ class GrantException:
     case_id: str
 
 
+_ME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive_elsewhere(owner: str) -> bool:
+    """Is the process that recorded an intent another one, still running? (Other hosts: assume so.)"""
+    host, _, pid = owner.rpartition(":")
+    if owner == _ME or not pid.isdigit():
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def case_key(layer_version_arn: str, grantee: str) -> str:
     return f"{layer_version_arn}|{grantee}"
 
@@ -97,26 +120,6 @@ class StateStore(Protocol):
     def update_case(self, case_id: str, note: str = "", **changes: Any) -> Case: ...
     def latest_closed_case(self, key: str) -> Case | None: ...
     def list_cases(self) -> list[Case]: ...
-    def claim_create(self, case_id: str, what: str, lease_seconds: float = 120.0) -> tuple[bool, float]:
-        """Record the intent to create the case's ticket or message before doing it.
-
-        Returns (claimed, earlier intent time). Only one process at a time holds the claim
-        (another's expires after ``lease_seconds``); an earlier intent means an earlier
-        attempt may have landed, so the caller looks for it before creating again.
-        """
-        column = {"ticket": "ticket_intent_at", "slack": "slack_intent_at"}[what]
-        done = {"ticket": "ticket_key", "slack": "slack_ts"}[what]
-        now = self.clock()
-        with self._tx() as db:
-            row = db.execute(f"SELECT {column}, {done} FROM cases WHERE case_id = ?", (case_id,)).fetchone()
-            earlier, existing = row[0], row[1]
-            if existing or (earlier and now - earlier < lease_seconds and earlier != self._own_intents.get(
-                    (case_id, what))):
-                return False, earlier
-            db.execute(f"UPDATE cases SET {column} = ? WHERE case_id = ?", (now, case_id))
-            self._own_intents[(case_id, what)] = now
-            return True, earlier
-
     def grants_by_actor(self, actor_arn: str) -> int: ...
     def claim_create(self, case_id: str, what: str, lease_seconds: float = 120.0) -> tuple[bool, float]: ...
     def release_create(self, case_id: str, what: str) -> None: ...
@@ -135,10 +138,6 @@ class StateStore(Protocol):
     def finish_job(self, job_id: int) -> None: ...
     def retry_job(self, job_id: int, error: str, delay_seconds: float) -> None: ...
     def release_running_jobs(self) -> int: ...
-    def has_pending(self, kind: str, case_id: str) -> bool:
-        return self._db().execute("SELECT 1 FROM jobs WHERE kind = ? AND case_id = ? AND status != 'done'",
-                                  (kind, case_id)).fetchone() is not None
-
     def pending_jobs(self) -> list[tuple[Job, str]]: ...
     def add_exception(self, exception: GrantException) -> None: ...
     def active_exception(self, layer_arn: str, grantee: str) -> GrantException | None: ...
@@ -169,6 +168,8 @@ CREATE TABLE IF NOT EXISTS cases (
     previous_ticket TEXT NOT NULL DEFAULT '',
     ticket_intent_at REAL NOT NULL DEFAULT 0,
     slack_intent_at REAL NOT NULL DEFAULT 0,
+    ticket_intent_by TEXT NOT NULL DEFAULT '',
+    slack_intent_by TEXT NOT NULL DEFAULT '',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -224,7 +225,6 @@ class SQLiteStateStore:
         self.clock = clock
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        self._own_intents: dict[tuple[str, str], float] = {}
         self._db().executescript(_SCHEMA)  # idempotent; executescript manages its own transaction
 
     # -- plumbing
@@ -343,29 +343,24 @@ class SQLiteStateStore:
     def claim_create(self, case_id: str, what: str, lease_seconds: float = 120.0) -> tuple[bool, float]:
         """Record the intent to create the case's ticket or message before doing it.
 
-        Returns (claimed, earlier intent time). Only one process at a time holds the claim
-        (another's expires after ``lease_seconds``); an earlier intent means an earlier
-        attempt may have landed, so the caller looks for it before creating again.
+        Returns (claimed, earlier intent time). Only one live process holds the claim: one
+        that died, or that held it longer than ``lease_seconds``, loses it. An earlier
+        intent means an earlier attempt may have landed, so the caller looks for it first.
         """
-        column = {"ticket": "ticket_intent_at", "slack": "slack_intent_at"}[what]
-        done = {"ticket": "ticket_key", "slack": "slack_ts"}[what]
+        at, by, done = f"{what}_intent_at", f"{what}_intent_by", {"ticket": "ticket_key", "slack": "slack_ts"}[what]
         now = self.clock()
         with self._tx() as db:
-            row = db.execute(f"SELECT {column}, {done} FROM cases WHERE case_id = ?", (case_id,)).fetchone()
-            earlier, existing = row[0], row[1]
-            if existing or (earlier and now - earlier < lease_seconds and earlier != self._own_intents.get(
-                    (case_id, what))):
+            row = db.execute(f"SELECT {at}, {by}, {done} FROM cases WHERE case_id = ?", (case_id,)).fetchone()
+            earlier, owner, existing = row[0], row[1], row[2]
+            if existing or (earlier and now - earlier < lease_seconds and _alive_elsewhere(owner)):
                 return False, earlier
-            db.execute(f"UPDATE cases SET {column} = ? WHERE case_id = ?", (now, case_id))
-            self._own_intents[(case_id, what)] = now
+            db.execute(f"UPDATE cases SET {at} = ?, {by} = ? WHERE case_id = ?", (now, _ME, case_id))
             return True, earlier
 
     def release_create(self, case_id: str, what: str) -> None:
         """The attempt certainly created nothing: the next one need not look for it."""
-        column = {"ticket": "ticket_intent_at", "slack": "slack_intent_at"}[what]
         with self._tx() as db:
-            db.execute(f"UPDATE cases SET {column} = 0 WHERE case_id = ?", (case_id,))
-        self._own_intents.pop((case_id, what), None)
+            db.execute(f"UPDATE cases SET {what}_intent_at = 0, {what}_intent_by = '' WHERE case_id = ?", (case_id,))
 
     def grants_by_actor(self, actor_arn: str) -> int:
         """How many cases this actor's grants have opened (for the actor profile)."""

@@ -29,6 +29,7 @@ from playbooks.classify import (Classification, Grant, GrantKind, LayerRef, Resp
                                 grant_from_request, response_for)
 from playbooks.config import Config
 from playbooks.detection import Detection
+from playbooks.faults import crash_point
 
 
 @dataclass
@@ -133,6 +134,7 @@ def respond(detection: Detection, config: Config, services: Services, dry_run: b
 
     # 2. Record the case before acting (local state only).
     case, event_state = open_case(store, detection, assessment)
+    crash_point("respond:after_case")
     outcome = replace(outcome, case_id=case.case_id, ticket=case.ticket_key)
     if event_state == "done":
         return replace(outcome, decision="duplicate",
@@ -155,6 +157,7 @@ def respond(detection: Detection, config: Config, services: Services, dry_run: b
             outcome = replace(outcome, decision="failed", errors=[f"containment failed: {exc}"])
         else:
             newly_removed = containment.removed
+            case = store.get_case(case.case_id) or case  # another process may have contained it meanwhile
             if containment.status == "already_contained" and case.status == "contained" and case.removed_statements:
                 # Resumed or repeated: this case removed the grant before; report that removal.
                 containment = replace(containment, status="contained", removed=case.removed_statements)
@@ -168,6 +171,7 @@ def respond(detection: Detection, config: Config, services: Services, dry_run: b
         if case.status != outcome.decision and case.is_open:
             case = store.update_case(case.case_id, status=outcome.decision, note=classification.reason)
 
+    crash_point("respond:after_containment")
     if containment and containment.status != "failed" and config.contain_all_versions \
             and classification.kind is GrantKind.PUBLIC:
         case = _contain_other_versions(store, case, services.aws.lambda_client(
@@ -206,6 +210,7 @@ def respond(detection: Detection, config: Config, services: Services, dry_run: b
     outcome = replace(outcome, ticket=case.ticket_key)
     if errors:
         return replace(outcome, errors=errors)
+    crash_point("respond:before_finish")
     store.finish_event(detection.event_id)
     return outcome
 

@@ -36,3 +36,20 @@ def elastic_doc():
     doc["aws"]["cloudtrail"]["request_parameters"] = (
         "{layerName=shared-deps, versionNumber=4, statementId=pub, action=lambda:GetLayerVersion, principal=*}")
     return doc
+
+
+# ----------------------------------------------------------------------------- the fault tally
+# The fault suite counts what it did; the README's table quotes these totals.
+
+FAULT_TALLY = {"faults injected": 0, "bad inputs tried": 0, "duplicates found": 0, "cases lost": 0}
+
+
+@pytest.fixture
+def tally():
+    return FAULT_TALLY
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FAULT_TALLY["faults injected"] or FAULT_TALLY["bad inputs tried"]:
+        terminalreporter.write_sep("-", "fault suite")
+        terminalreporter.write_line(", ".join(f"{name}: {count}" for name, count in FAULT_TALLY.items()))

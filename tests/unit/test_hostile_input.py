@@ -18,6 +18,7 @@ from playbooks.config import DEFAULT_PRIORITIES
 from playbooks.detection import Detection, IntakeError, Skipped, detection_from_record, detections_from_document, read_documents
 from playbooks.layer_exposure import assess
 from playbooks.runner import read_input
+from tests.conftest import FAULT_TALLY
 from tests.unit.test_config import minimal_config
 
 CORPUS = sorted((Path(__file__).resolve().parents[1] / "fixtures" / "hostile").iterdir())
@@ -42,6 +43,7 @@ LIVE_SLACK = re.compile(r"<[!@#]|<https?:")
 
 @pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.name)
 def test_corpus_gets_an_error_a_skip_or_inert_rendering(path):
+    FAULT_TALLY["bad inputs tried"] += 1
     intake = read_input([str(path)])
     if path.name in EXPECTED:
         assert intake.errors, f"{path.name} was accepted"
@@ -56,6 +58,7 @@ def test_corpus_gets_an_error_a_skip_or_inert_rendering(path):
 
 
 def test_a_50_megabyte_document_is_read_or_refused_cleanly(tmp_path):
+    FAULT_TALLY["bad inputs tried"] += 2
     big = tmp_path / "big.json"
     record = cloudtrail_record("payments-utils", 1, "*", "pub")
     record["padding"] = "x" * (50 * 1024 * 1024)
@@ -93,6 +96,7 @@ json_values = st.recursive(
                                         "detail-type", "source", "aws", "event", "userIdentity", "awsRegion",
                                         "recipientAccountId", "errorCode", "eventID"]), json_values, max_size=8))
 def test_intake_never_raises_anything_but_intake_error(document):
+    FAULT_TALLY["bad inputs tried"] += 1
     try:
         for raw in read_documents(json.dumps(document).encode(), "prop.json"):
             list(detections_from_document(raw))
@@ -103,6 +107,7 @@ def test_intake_never_raises_anything_but_intake_error(document):
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=200), st.text(max_size=200), st.text(max_size=200))
 def test_rendering_any_event_text_stays_inert(user_agent, statement_id, actor_arn):
+    FAULT_TALLY["bad inputs tried"] += 1
     record = cloudtrail_record("payments-utils", 1, "*", statement_id or "s", user_agent=user_agent)
     record["userIdentity"]["arn"] = actor_arn
     detection = detection_from_record(record, "prop")
@@ -112,6 +117,7 @@ def test_rendering_any_event_text_stays_inert(user_agent, statement_id, actor_ar
 @settings(max_examples=500, deadline=None)
 @given(st.text(max_size=300))
 def test_escapers(text):
+    FAULT_TALLY["bad inputs tried"] += 1
     jira = escape_jira(text)
     assert not re.search(r"(?<!\\)[\[\]{}|]", jira)
     assert "\n" not in jira and "\r" not in jira and "\\\\" not in jira  # "\\" is a Jira line break
