@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -236,8 +237,6 @@ class RateLimiter:
     """At most ``per_second`` calls a second, across threads (CloudTrail LookupEvents allows 2)."""
 
     def __init__(self, per_second: float, clock=None, sleep=None):
-        import time
-
         self.interval = 1.0 / per_second
         self.clock = clock or time.monotonic
         self.sleep = sleep or time.sleep

@@ -15,7 +15,8 @@ import re
 import threading
 from datetime import datetime, timezone
 
-from integrations.http_server import HttpEmulator, Reply, Request
+from integrations.http_server import Reply, Request
+from integrations.sandbox.http_emulator import HttpEmulator
 
 API = "/rest/api/2"
 PRIORITIES = ("Highest", "High", "Medium", "Low", "Lowest")

@@ -16,7 +16,8 @@ import json
 import threading
 import time
 
-from integrations.http_server import HttpEmulator, Reply, Request
+from integrations.http_server import Reply, Request
+from integrations.sandbox.http_emulator import HttpEmulator
 
 BLOCK_TYPES = {"section", "actions", "context", "divider", "header"}
 

@@ -12,7 +12,7 @@ import pytest
 from botocore.awsrequest import AWSResponse
 
 from integrations.aws import AwsClients
-from integrations.http_server import Fault
+from integrations.sandbox.http_emulator import Fault
 from integrations.sandbox.world import PARTNER_ACCOUNT_ID, cloudtrail_record
 from integrations.state import SQLiteStateStore
 from playbooks.cli import build_services, main

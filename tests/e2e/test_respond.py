@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from integrations.http_server import Fault
+from integrations.sandbox.http_emulator import Fault
 from integrations.sandbox.world import PARTNER_ACCOUNT_ID, cloudtrail_record
 from integrations.state import SQLiteStateStore
 from tests.e2e.conftest import LAYER, buttons, respond, slack_messages, write_detections

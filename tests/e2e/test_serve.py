@@ -364,7 +364,7 @@ def test_healthz_reports_dependencies(world, serve):
     assert requests.get(f"{service.url}/healthz", timeout=10).json()["checks"] == {"state": "ok"}
     deep = requests.get(f"{service.url}/healthz?deep=1", timeout=10)
     assert deep.status_code == 200 and deep.json()["checks"] == {"state": "ok", "jira": "ok", "slack": "ok"}
-    from integrations.http_server import Fault
+    from integrations.sandbox.http_emulator import Fault
     world.jira.faults.append(Fault(count=100, status=500))
     degraded = requests.get(f"{service.url}/healthz?deep=1", timeout=30)
     assert degraded.status_code == 503 and degraded.json()["checks"]["jira"].startswith("error")
