@@ -147,25 +147,10 @@ def respond(detection: Detection, config: Config, services: Services, dry_run: b
     # 3. Contain at once: nothing but AWS happens before the grant is gone.
     containment: ContainmentResult | None = None
     if response is Response.REVOKE:
-        try:
-            containment = contain_grant(services.aws.lambda_client(detection.layer_account_id, detection.region),
-                                        detection.layer_arn, detection.version, select)
-        except Exception as exc:
-            # The most urgent case of all: still ticket it and tell Slack, with what to run by hand.
-            containment = ContainmentResult("failed", (), (), 0, error=_containment_failure(exc, detection))
-            case = store.update_case(case.case_id, status="failed", note=f"containment failed: {exc}")
-            outcome = replace(outcome, decision="failed", errors=[f"containment failed: {exc}"])
-        else:
-            newly_removed = containment.removed
-            case = store.get_case(case.case_id) or case  # another process may have contained it meanwhile
-            if containment.status == "already_contained" and case.status == "contained" and case.removed_statements:
-                # Resumed or repeated: this case removed the grant before; report that removal.
-                containment = replace(containment, status="contained", removed=case.removed_statements)
-            case = store.update_case(
-                case.case_id, status=containment.status, removed_statements=case.removed_statements + newly_removed,
-                note=f"{containment.status}: removed "
-                     f"{', '.join(str(s.get('Sid')) for s in newly_removed) or 'nothing new'}")
-            outcome = replace(outcome, decision=containment.status, removed_statements=containment.removed_sids)
+        case, containment = _contain(services, case, detection, select)
+        failed = containment.status == "failed"
+        outcome = replace(outcome, decision=containment.status, removed_statements=containment.removed_sids,
+                          errors=[f"containment failed: {containment.error}"] if failed else [])
     else:
         outcome = replace(outcome, decision=DECISION_BY_RESPONSE[response])
         if case.status != outcome.decision and case.is_open:
@@ -191,13 +176,9 @@ def respond(detection: Detection, config: Config, services: Services, dry_run: b
     # 5. + 6. The ticket, then Slack; either failing leaves the event open for a retry.
     done_steps = store.event_steps(detection.event_id)
     errors: list[str] = list(outcome.errors)
-    if containment and containment.status != "failed" and "ticket" in done_steps and case.ticket_key \
-            and services.tickets:
-        # An earlier attempt already ticketed this event (containment had failed, or we crashed).
-        try:
-            services.tickets.comment(case.ticket_key, render_repeat_comment(detection, containment))
-        except Exception as exc:
-            errors.append(str(exc))
+    if containment and containment.status != "failed" and "ticket" in done_steps:
+        # An earlier attempt ticketed this event before containment succeeded, or crashed after.
+        errors += _tell_the_ticket(services, case, detection, containment)
     for step, run in (("ticket", _ticket_step), ("slack", _slack_step)):
         if step in done_steps:
             continue
@@ -216,6 +197,36 @@ def respond(detection: Detection, config: Config, services: Services, dry_run: b
 
 
 # ----------------------------------------------------------------------------- steps
+
+
+def _contain(services: Services, case: Case, detection: Detection, select) -> tuple[Case, ContainmentResult]:
+    store = services.store
+    try:
+        containment = contain_grant(services.aws.lambda_client(detection.layer_account_id, detection.region),
+                                    detection.layer_arn, detection.version, select)
+    except Exception as exc:
+        # The most urgent case of all: it is still ticketed and announced, with what to run by hand.
+        case = store.update_case(case.case_id, status="failed", note=f"containment failed: {exc}")
+        return case, ContainmentResult("failed", (), (), 0, error=_containment_failure(exc, detection))
+    newly_removed = containment.removed
+    case = store.get_case(case.case_id) or case  # another process may have contained it meanwhile
+    if containment.status == "already_contained" and case.status == "contained" and case.removed_statements:
+        # Resumed or repeated: this case removed the grant before; report that removal.
+        containment = replace(containment, status="contained", removed=case.removed_statements)
+    case = store.update_case(
+        case.case_id, status=containment.status, removed_statements=case.removed_statements + newly_removed,
+        note=f"{containment.status}: removed {', '.join(str(s.get('Sid')) for s in newly_removed) or 'nothing new'}")
+    return case, containment
+
+
+def _tell_the_ticket(services: Services, case: Case, detection: Detection, containment: ContainmentResult) -> list[str]:
+    if not (services.tickets and case.ticket_key):
+        return []
+    try:
+        services.tickets.comment(case.ticket_key, render_repeat_comment(detection, containment))
+    except Exception as exc:
+        return [str(exc)]
+    return []
 
 
 def _containment_failure(exc: Exception, detection: Detection) -> str:
