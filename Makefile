@@ -22,6 +22,7 @@ test: install
 bench: install
 	$(BIN)/python bench/containment.py
 	$(BIN)/python bench/ack_latency.py
+	$(BIN)/python bench/consumers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

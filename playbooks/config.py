@@ -124,9 +124,6 @@ class Secrets:
             slack_signing_secret=environ.get("SLACK_SIGNING_SECRET", ""),
         )
 
-    def values(self) -> list[str]:
-        return [v for v in (self.jira_api_token, self.slack_bot_token, self.slack_signing_secret) if v]
-
 
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _ACCOUNT = re.compile(r"^\d{12}$")

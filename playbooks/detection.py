@@ -74,10 +74,6 @@ class Detection:
     def layer_account_id(self) -> str:
         return self.layer_arn.split(":")[4]
 
-    @property
-    def partition(self) -> str:
-        return self.layer_arn.split(":")[1]
-
 
 @dataclass(frozen=True)
 class Skipped:
