@@ -22,6 +22,9 @@ class ChatError(RuntimeError):
         self.uncertain = uncertain
 
 
+ACK_CALL_TIMEOUT_SECONDS = 2
+
+
 @dataclass(frozen=True)
 class PostedMessage:
     channel: str
@@ -33,13 +36,18 @@ class SlackChat:
         from slack_sdk import WebClient
 
         self._client = WebClient(token=token, base_url=api_url, timeout=int(max(1, timeout)), retry_handlers=[])
+        # For calls made inside Slack's 3-second ack: one short attempt, no back-off.
+        self._within_ack = WebClient(token=token, base_url=api_url, timeout=ACK_CALL_TIMEOUT_SECONDS,
+                                     retry_handlers=[])
         self.calls = 0
 
-    def _call(self, method: str, **kwargs):
+    def _call(self, method: str, within_ack: bool = False, **kwargs):
         from slack_sdk.errors import SlackApiError, SlackRequestError
 
         self.calls += 1
         try:
+            if within_ack:
+                return self._within_ack.api_call(method, json=kwargs)
             return slack_retry(lambda: self._client.api_call(method, json=kwargs))()
         except SlackApiError as exc:
             raise ChatError(f"Slack {method} failed: {exc.response.get('error', exc.response.status_code)}") from exc
@@ -68,7 +76,8 @@ class SlackChat:
         self._call("chat.postEphemeral", channel=channel, user=user, text=text)
 
     def usergroup_members(self, usergroup: str) -> frozenset[str]:
-        return frozenset(self._call("usergroups.users.list", usergroup=usergroup).get("users", []))
+        """Asked while a click waits for its ack: a single short attempt (callers fail closed)."""
+        return frozenset(self._call("usergroups.users.list", within_ack=True, usergroup=usergroup).get("users", []))
 
     def ping(self) -> None:
         self._call("auth.test")

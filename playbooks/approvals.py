@@ -206,9 +206,11 @@ def apply_decision(job: Job, config: Config, services: Services) -> None:
         details = [("Decision", rule.decision), ("Decided by", _decider_text(case, job)),
                    ("At", _when(case.decision_at)), ("Outcome", note), ("Case status", case.status)]
         services.tickets.comment(case.ticket_key, render_case_comment(f"{rule.verb}: {case.grantee}", details))
+        store.mark_job_step(job.job_id, "jira")  # a failed transition must not repeat the comment
+    if "jira_transition" not in job.steps and services.tickets and case.ticket_key:
         if not services.tickets.transition(case.ticket_key, config.jira.done_transition):
             log.warning("ticket %s has no transition named %r", case.ticket_key, config.jira.done_transition)
-        store.mark_job_step(job.job_id, "jira")
+        store.mark_job_step(job.job_id, "jira_transition")
 
 
 def _decider_text(case: Case, job: Job) -> str:
@@ -227,10 +229,11 @@ def notify_user(job: Job, config: Config, services: Services) -> None:
         services.chat.ephemeral(payload["channel"], payload["user_id"],
                                 f"{prefix}: {escape_mrkdwn(payload.get('reason', ''), 300)}")
         services.store.mark_job_step(job.job_id, "slack")
-    if job.kind == "notify_refusal" and services.tickets and case and case.ticket_key:
+    if job.kind == "notify_refusal" and "jira" not in job.steps and services.tickets and case and case.ticket_key:
         services.tickets.comment(case.ticket_key, render_case_comment("Refused approval attempt", [
             ("Slack user", f"{payload.get('user_id')} ({payload.get('user_name') or '-'})"),
             ("Action", payload.get("action")), ("Reason", payload.get("reason"))]))
+        services.store.mark_job_step(job.job_id, "jira")
 
 
 def remind_or_escalate(job: Job, config: Config, services: Services) -> None:
@@ -247,9 +250,10 @@ def remind_or_escalate(job: Job, config: Config, services: Services) -> None:
         services.chat.post(case.slack_channel, text, [{"type": "section", "text": {"type": "mrkdwn", "text": text}}],
                            thread_ts=case.slack_ts)
         services.store.mark_job_step(job.job_id, "slack")
-    if services.tickets and case.ticket_key:
+    if "jira" not in job.steps and services.tickets and case.ticket_key:
         services.tickets.comment(case.ticket_key, render_case_comment(title, [("Case status", case.status),
                                                                              ("At", _when(services.store.clock()))]))
+        services.store.mark_job_step(job.job_id, "jira")
 
 
 def expire_due(config: Config, store: StateStore) -> list[str]:
