@@ -8,6 +8,7 @@ fails is named in ``errors`` with what to run by hand; the rest is still returne
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Callable
@@ -78,42 +79,49 @@ class Investigator:
         return list(dict.fromkeys(accounts))
 
     def collect(self, detection: Detection) -> LayerContext:
-        errors: list[str] = []
-
-        def attempt(what: str, fn, default):
-            try:
-                return fn()
-            except Exception as exc:  # context is best effort; the case goes on without it
-                errors.append(f"{what}: {type(exc).__name__}: {str(exc)[:200]}")
-                return default
-
-        lambda_client = attempt("AWS session", lambda: self.aws.lambda_client(detection.layer_account_id,
-                                                                              detection.region), None)
-        if lambda_client is None:
-            errors.append(_by_hand(detection))
-            return LayerContext(None, LayerPolicy(exists=False), (), tuple(errors),
+        try:
+            lambda_client = self.aws.lambda_client(detection.layer_account_id, detection.region)
+        except Exception as exc:  # context is best effort; the case goes on without it
+            failed = [_failure("AWS session", exc), _by_hand(detection)]
+            return LayerContext(None, LayerPolicy(exists=False), (), tuple(failed),
                                 actor=profile_actor(detection, self.prior_grants(detection.actor.arn)))
-        layer_version = attempt("GetLayerVersion", lambda: get_layer_version(
-            lambda_client, detection.layer_arn, detection.version), None)
-        policy = attempt("GetLayerVersionPolicy", lambda: get_layer_policy(
-            lambda_client, detection.layer_arn, detection.version), LayerPolicy(exists=False))
+        errors: list[str] = []
         accounts = self.accounts_for(detection, errors)
-        consumers, scan_errors = find_consumers(self.inventory, accounts, detection.region, detection.layer_arn,
-                                                detection.version, self.settings.max_concurrent_accounts)
-        errors += scan_errors
-        other_versions = attempt("ListLayerVersions", lambda: self._other_versions(lambda_client, detection), ())
-        timeline = ()
-        if self.settings.lookup_activity:
-            timeline = tuple(attempt("CloudTrail LookupEvents", lambda: related_activity(
-                self.aws.client("cloudtrail", detection.account_id, detection.region), detection,
-                self.settings.activity_before, self.settings.activity_after), []))
-        secrets = None
-        if self.settings.scan_secrets and layer_version:
-            secrets = attempt("layer content scan", lambda: self._scan(layer_version), None)
+        settings = self.settings
+        # The parts are independent. The consumer scan is the long pole (ListFunctions pages
+        # are sequential within an account) and CloudTrail allows 2 lookups a second, so
+        # everything else is gathered while they run: one detection costs its slowest part.
+        with ThreadPoolExecutor(max_workers=6, thread_name_prefix="investigate") as pool:
+            consumers = pool.submit(find_consumers, self.inventory, accounts, detection.region, detection.layer_arn,
+                                    detection.version, settings.max_concurrent_accounts)
+            parts: dict[str, Callable[[], object]] = {
+                "GetLayerVersion": lambda: get_layer_version(lambda_client, detection.layer_arn, detection.version),
+                "GetLayerVersionPolicy": lambda: get_layer_policy(lambda_client, detection.layer_arn,
+                                                                  detection.version),
+                "ListLayerVersions": lambda: self._other_versions(lambda_client, detection),
+            }
+            if settings.lookup_activity:
+                parts["CloudTrail LookupEvents"] = lambda: tuple(related_activity(
+                    self.aws.client("cloudtrail", detection.account_id, detection.region), detection,
+                    settings.activity_before, settings.activity_after))
+            running = {what: pool.submit(_attempt, what, part) for what, part in parts.items()}
+            layer_version = running["GetLayerVersion"].result()[0]
+            if settings.scan_secrets and layer_version:
+                running["layer content scan"] = pool.submit(_attempt, "layer content scan",
+                                                            lambda: self._scan(layer_version))
+            found, scan_errors = consumers.result()
+            results = {what: future.result() for what, future in running.items()}
+        errors += scan_errors + [error for _, error in results.values() if error]
+
+        def result(what: str, default=None):
+            return (results.get(what) or (None, None))[0] or default
+
         return LayerContext(
-            layer_version=layer_version, policy=policy, consumers=tuple(consumers), errors=tuple(errors),
+            layer_version=layer_version, policy=result("GetLayerVersionPolicy", LayerPolicy(exists=False)),
+            consumers=tuple(found), errors=tuple(errors),
             actor=profile_actor(detection, self.prior_grants(detection.actor.arn)),
-            other_versions=other_versions, timeline=timeline, secrets=secrets, accounts_scanned=tuple(accounts))
+            other_versions=result("ListLayerVersions", ()), timeline=result("CloudTrail LookupEvents", ()),
+            secrets=result("layer content scan"), accounts_scanned=tuple(accounts))
 
     def _other_versions(self, lambda_client, detection: Detection) -> tuple[VersionExposure, ...]:
         return tuple(
@@ -125,6 +133,18 @@ class Investigator:
         if not location.startswith(("https://", "http://")):
             return SecretScan((), 0, (f"no downloadable content location ({location[:40]!r})",))
         return scan_layer_zip(download(location, self.settings.max_layer_bytes), self.settings.limits)
+
+
+def _attempt(what: str, part: Callable[[], object]) -> tuple[object, str | None]:
+    """(value, None), or (None, what failed and why): one part failing never stops the others."""
+    try:
+        return part(), None
+    except Exception as exc:  # context is best effort; the case goes on without it
+        return None, _failure(what, exc)
+
+
+def _failure(what: str, exc: Exception) -> str:
+    return f"{what}: {type(exc).__name__}: {str(exc)[:200]}"
 
 
 def _by_hand(detection: Detection) -> str:

@@ -73,33 +73,40 @@ class AwsClients:
     session_factory: Callable[[], boto3.session.Session] = boto3.session.Session
     _clients: dict[str, Any] = field(default_factory=dict)
     _sessions: dict[str, boto3.session.Session] = field(default_factory=dict)
+    _account_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def lambda_client(self, account_id: str, region: str):
         return self.client("lambda", account_id, region)
 
     def client(self, service: str, account_id: str, region: str):
-        """One client per (service, account, region), reused: building one costs more than a call."""
+        """One client per (service, account, region), reused: building one costs more than a call.
+
+        Investigation builds clients from several threads; a boto3 session is not thread
+        safe, so each account's session and clients are built under that account's lock
+        (accounts still assume their roles concurrently)."""
         key = f"{service}/{account_id}/{region}"
         client = self._clients.get(key)
-        if client is None:
-            client = self._session(account_id).client(service, region_name=region, config=BOTOCORE_CONFIG)
-            if service == "lambda":
-                client.meta.events.register("before-parse.lambda.ListFunctions", _slim_function_list)
-            self._clients[key] = client
+        if client is not None:
+            return client
+        with self._lock:
+            account_lock = self._account_locks.setdefault(account_id, threading.Lock())
+        with account_lock:
+            client = self._clients.get(key)
+            if client is None:
+                session = self._sessions.get(account_id) or self._new_session(account_id)
+                self._sessions[account_id] = session
+                client = session.client(service, region_name=region, config=BOTOCORE_CONFIG)
+                if service == "lambda":
+                    client.meta.events.register("before-parse.lambda.ListFunctions", _slim_function_list)
+                self._clients[key] = client
         return client
 
-
-    def _session(self, account_id: str) -> boto3.session.Session:
-        with self._lock:
-            if account_id in self._sessions:
-                return self._sessions[account_id]
-            base = self.session_factory()
-            session = base
-            if self.assume_role and account_id:  # "" is the responder's own account
-                session = self._assumed(base, self.assume_role.format(account_id=account_id))
-            self._sessions[account_id] = session
-            return session
+    def _new_session(self, account_id: str) -> boto3.session.Session:
+        base = self.session_factory()
+        if self.assume_role and account_id:  # "" is the responder's own account
+            return self._assumed(base, self.assume_role.format(account_id=account_id))
+        return base
 
     def _assumed(self, base: boto3.session.Session, role_arn: str) -> boto3.session.Session:
         sts = base.client("sts", config=BOTOCORE_CONFIG)

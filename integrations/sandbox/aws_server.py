@@ -8,12 +8,14 @@ code under test runs as it does against AWS:
 - ``ListFunctions`` ignores ``MaxItems``/``Marker`` and returns every function at once,
   where AWS pages by 50 (which is what makes consumer discovery slow at scale);
 - ``ListLayerVersions`` finds nothing when the layer is named by its ARN, as AWS allows.
+
+And one cost AWS does not have: moto's server lists its own package directory (some
+180 ``stat`` calls) on every request to find the service; the listing is kept instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import logging
 import os
@@ -26,6 +28,7 @@ def apply_moto_fixes() -> None:
     global _FIXED
     if _FIXED:
         return
+    from moto import backends
     from moto.awslambda import policy as moto_policy
     from moto.awslambda.models import LambdaBackend
     from moto.awslambda.responses import LambdaResponse
@@ -47,29 +50,35 @@ def apply_moto_fixes() -> None:
         self.revision = str(mock_random.uuid4())
 
     def list_functions(self):
-        # moto deep-copies every function (code included) on each call; page first, copy nothing.
-        func_version = self.querystring.get("FunctionVersion", [None])[0]
+        # moto deep-copies every function (code included) on each call, and ignores paging.
+        # Page first and copy nothing; the marker is "<function index>.<entry index>" so a
+        # page costs its own 50 entries, not a walk over every function before it.
+        all_versions = self.querystring.get("FunctionVersion", [None])[0] == "ALL"
         limit = min(int(self.querystring.get("MaxItems", ["50"])[0]), 50)
-        start = int(self.querystring.get("Marker", ["0"])[0] or 0)
-        def entries():
-            for group in self.backend._lambdas._functions.values():
-                yield group, None
-                if func_version == "ALL":
-                    yield from ((group, version) for version in group["versions"])
-
+        group_index, entry_index = (int(part) for part in
+                                    (self.querystring.get("Marker", [""])[0] or "0.0").split("."))
+        groups = list(self.backend._lambdas._functions.values())
         configurations = []
-        more = False
-        for index, (group, version) in enumerate(itertools.islice(entries(), start, start + limit + 1)):
-            if index == limit:
-                more = True
+        next_marker = None
+        for group_index in range(group_index, len(groups)):
+            group = groups[group_index]
+            # $LATEST first, then the published versions when all versions are asked for.
+            entries = [None, *group["versions"]] if all_versions else [None]
+            for entry_index in range(entry_index, len(entries)):
+                if len(configurations) == limit:
+                    next_marker = f"{group_index}.{entry_index}"
+                    break
+                version = entries[entry_index]
+                configuration = (version or group["latest"]).get_configuration()
+                if version is None and all_versions:
+                    configuration["FunctionArn"] += ":$LATEST"
+                configurations.append(configuration)
+            if next_marker:
                 break
-            configuration = (version or group["latest"]).get_configuration()
-            if version is None and func_version == "ALL":
-                configuration["FunctionArn"] += ":$LATEST"
-            configurations.append(configuration)
+            entry_index = 0
         result = {"Functions": configurations}
-        if more:
-            result["NextMarker"] = str(start + limit)
+        if next_marker:
+            result["NextMarker"] = next_marker
         return json.dumps(result)
 
     original_list_layer_versions = LambdaBackend.list_layer_versions
@@ -78,7 +87,10 @@ def apply_moto_fixes() -> None:
         name = unquote(layer_name)
         return original_list_layer_versions(self, name.split(":layer:", 1)[1] if ":layer:" in name else name)
 
+    moto_modules = tuple(backends.list_of_moto_modules())  # the installed package does not change
+
     LambdaBackend.list_layer_versions = list_layer_versions
+    backends.list_of_moto_modules = lambda: moto_modules
     LambdaResponse.remove_layer_version_permission = remove_layer_version_permission
     LambdaResponse.list_functions = list_functions
     moto_policy.Policy.del_statement = del_statement

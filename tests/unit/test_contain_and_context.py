@@ -215,6 +215,33 @@ def test_collect_context_lists_functions_and_their_published_versions(lam):
     assert all(c.pins_granted_version for c in context.consumers)
 
 
+def test_sandbox_pages_list_functions_by_50_like_aws_with_versions_across_pages(lam):
+    """The consumer scan's page count (and the benchmark) rests on the sandbox paging as AWS does."""
+    role = boto3.client("iam", region_name=REGION).create_role(
+        RoleName="fn", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("h.py", "def h(e, c): pass\n")
+    expected = set()
+    for index in range(60):
+        name = f"fn-{index:02d}"
+        published = index in (48, 49, 50)  # their versions straddle the first page's end
+        lam.create_function(FunctionName=name, Runtime="python3.11", Role=role, Handler="h.h",
+                            Code={"ZipFile": archive.getvalue()}, Publish=published)
+        expected |= {(name, "$LATEST")} | ({(name, "1")} if published else set())
+    pages = []
+    marker = {}
+    while True:
+        page = lam.list_functions(FunctionVersion="ALL", MaxItems=50, **marker)
+        pages.append([(f["FunctionName"], f["Version"]) for f in page["Functions"]])
+        if "NextMarker" not in page:
+            break
+        marker = {"Marker": page["NextMarker"]}
+    assert [len(page) for page in pages] == [50, 13]
+    assert sum(pages, []) == sorted(expected, key=lambda e: (e[0], e[1] != "$LATEST"))
+    assert len(lam.list_functions(MaxItems=50)["Functions"]) == 50
+
+
 def test_collect_context_reports_what_failed(lam):
     context = quiet_investigator().collect(detection_of("missing"))
     assert context.layer_version is None

@@ -340,3 +340,40 @@ def test_a_role_that_cannot_be_assumed_is_recorded_with_what_to_run_by_hand():
                            dict(DEFAULT_PRIORITIES))
     assert "h3. Collection problems" in fields.description
     assert "get\\-layer\\-version\\-policy" in fields.description or "get-layer-version-policy" in fields.description
+
+
+def test_concurrent_parts_of_an_investigation_assume_each_account_role_once():
+    """Investigation asks for clients from several threads at once: one role assumption per
+    account (each is an STS call and a CloudTrail entry), and every thread gets the same client."""
+    assumed: list[str] = []
+
+    class OneAssumptionSession(boto3.session.Session):
+        def client(self, service, *args, **kwargs):
+            client = super().client(service, *args, **kwargs)
+            if service == "sts":
+                stub = Stubber(client)  # a second AssumeRole would fail: no response is queued for it
+                stub.add_response("assume_role", {"Credentials": {
+                    "AccessKeyId": "ASIAEXAMPLEEXAMPLE01", "SecretAccessKey": "s" * 40, "SessionToken": "t" * 40,
+                    "Expiration": datetime(2030, 1, 1, tzinfo=timezone.utc)}})
+                stub.activate()
+                client.meta.events.register("after-call.sts.AssumeRole",
+                                            lambda **_: assumed.append(threading.current_thread().name))
+            return client
+
+    aws = AwsClients(assume_role="arn:aws:iam::{account_id}:role/LayerGuardResponder",
+                     session_factory=lambda: OneAssumptionSession(region_name=REGION, aws_access_key_id="x",
+                                                                  aws_secret_access_key="x"))
+    start = threading.Barrier(8)
+    clients = []
+
+    def ask():
+        start.wait()
+        clients.append(aws.lambda_client(PARTNER, REGION))
+
+    threads = [threading.Thread(target=ask) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(assumed) == 1
+    assert len(clients) == 8 and len({id(client) for client in clients}) == 1
