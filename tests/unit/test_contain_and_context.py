@@ -204,6 +204,8 @@ def test_collect_context_lists_functions_and_their_published_versions(lam):
         zf.writestr("h.py", "def h(e, c): pass\n")
     lam.create_function(FunctionName="checkout", Runtime="python3.11", Role=role, Handler="h.h",
                         Code={"ZipFile": archive.getvalue()}, Layers=[f"{LAYER_ARN}:1"], Publish=True)
+    lam.create_alias(FunctionName="checkout", Name="prod", FunctionVersion="1")
+    lam.create_alias(FunctionName="checkout", Name="canary", FunctionVersion="$LATEST")
     lam.create_function(FunctionName="unrelated", Runtime="python3.11", Role=role, Handler="h.h",
                         Code={"ZipFile": archive.getvalue()})
     grant(lam, "partner", "210987654321")
@@ -211,7 +213,7 @@ def test_collect_context_lists_functions_and_their_published_versions(lam):
     assert context.errors == ()
     assert context.layer_version["Description"] == "utils"
     assert [s["Sid"] for s in context.policy.statements] == ["partner"]
-    assert sorted(c.version for c in context.consumers) == ["$LATEST", "1"]
+    assert sorted((c.version, c.aliases) for c in context.consumers) == [("$LATEST", ("canary",)), ("1", ("prod",))]
     assert all(c.pins_granted_version for c in context.consumers)
 
 
