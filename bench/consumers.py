@@ -6,7 +6,10 @@ AWS call. Prints:
   (ListFunctions pages x the delay; target within 1.15x), and against a bare
   ListFunctions paging loop over the same server (what moto and botocore cost per page);
 - the total discovery time for a burst of 50 detections on layers of that account,
-  against the single-detection time (target within 1.5x: the inventory is reused).
+  against the single-detection time (target within 1.5x: the inventory is reused);
+- a whole investigation of one detection, CloudTrail lookups included (six event names
+  at 2 calls a second, answered by a Stubber behind the same delay, since moto has no
+  LookupEvents), against consumer discovery alone: the lookups run during the scan.
 
     python bench/consumers.py [--functions 10000] [--delay-ms 50] [--burst 50]
 """
@@ -22,17 +25,40 @@ import tempfile
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from botocore.stub import Stubber  # noqa: E402
+
 from actions.collect_context import InvestigationSettings, Investigator  # noqa: E402
+from actions.related_activity import RELATED_EVENT_NAMES  # noqa: E402
 from bench.aws_delay import DelayedAws  # noqa: E402
 from integrations.aws import AwsClients, iter_function_configurations  # noqa: E402
 from integrations.sandbox.world import ACCOUNT_ID, REGION, SandboxWorld, cloudtrail_record  # noqa: E402
 from playbooks.detection import detection_from_record  # noqa: E402
 
 DISCOVERY_ONLY = InvestigationSettings(lookup_activity=False, scan_secrets=False)
+WITH_ACTIVITY = InvestigationSettings(lookup_activity=True, scan_secrets=False)
+
+
+@dataclass
+class StubbedCloudTrail(AwsClients):
+    """AwsClients whose CloudTrail answers every LookupEvents with no events, after the delay."""
+
+    delay: float = 0.0
+
+    def client(self, service: str, account_id: str, region: str):
+        client = super().client(service, account_id, region)
+        if service == "cloudtrail" and not hasattr(client, "bench_stub"):
+            # A Stubber answers before anything is sent: the delay goes first, on before-call.
+            client.meta.events.register("before-call.cloudtrail.LookupEvents", lambda **_: time.sleep(self.delay))
+            client.bench_stub = Stubber(client)
+            for _ in RELATED_EVENT_NAMES:
+                client.bench_stub.add_response("lookup_events", {"Events": []})
+            client.bench_stub.activate()
+        return client
 
 
 def build_account(world: SandboxWorld, functions: int, layers: int) -> list[str]:
@@ -95,7 +121,16 @@ def main() -> int:
         with ThreadPoolExecutor(max_workers=4) as pool:
             contexts = list(pool.map(investigator.collect, [detection(arn) for arn in layers]))
         burst = time.perf_counter() - started
+        burst_pages = aws.count("ListFunctions")
         found = sum(len(c.consumers) for c in contexts)
+
+        # One detection, whole investigation: the consumer scan and the CloudTrail lookups.
+        aws = DelayedAws(delay)
+        investigator = Investigator(StubbedCloudTrail(session_factory=aws.session, delay=delay), WITH_ACTIVITY)
+        started = time.perf_counter()
+        context = investigator.collect(detection(layers[1]))
+        whole = time.perf_counter() - started
+        assert not context.errors, context.errors
 
     print(f"functions: {args.functions} in one account; AWS delay {args.delay_ms:.0f} ms per call")
     print(f"ListFunctions pages for one detection: {single_pages} (lower bound {pages}); "
@@ -105,7 +140,9 @@ def main() -> int:
     print(f"  a bare ListFunctions paging loop on the same server: {bare:.2f} s = {bare / lower_bound:.2f}x; "
           f"LayerGuard over the bare loop: {single / bare:.2f}x")
     print(f"burst of {len(layers)} detections: {burst:.2f} s = {burst / single:.2f}x one detection "
-          f"(target <= 1.5x); ListFunctions pages: {aws.count('ListFunctions')}; consumers found: {found}")
+          f"(target <= 1.5x); ListFunctions pages: {burst_pages}; consumers found: {found}")
+    print(f"one detection, whole investigation with {len(RELATED_EVENT_NAMES)} CloudTrail lookups at 2/s: "
+          f"{whole:.2f} s = {whole / single:.2f}x consumer discovery alone (the lookups run during the scan)")
     return 0
 
 
