@@ -28,6 +28,7 @@ from tenacity import (
 AWS_THROTTLING_CODES = frozenset({
     "TooManyRequestsException", "ThrottlingException", "Throttling", "RequestLimitExceeded",
     "ServiceUnavailableException", "ServiceException", "InternalFailure",
+    "ProvisionedThroughputExceededException",  # DynamoDB
 })
 
 BOTOCORE_CONFIG = botocore.config.Config(

@@ -1,5 +1,5 @@
 """The state store: cases, their history, processed events, decisions, jobs and
-exceptions. SQLite here; a DynamoDB store can follow behind the same interface.
+exceptions. SQLite here; ``state_dynamodb.py`` keeps the same promises in DynamoDB.
 
 A case is one layer version + one grantee. At most one case per (layer version,
 grantee) is open at a time, enforced by a partial unique index so that two

@@ -12,12 +12,15 @@ import threading
 from datetime import datetime, timedelta, timezone
 from typing import Sequence, TextIO
 
+import boto3
+
 from actions.collect_context import InvestigationSettings, Investigator
 from actions.scan_layer import Limits
 from integrations.aws import AwsClients
 from integrations.jira_client import JiraTickets
 from integrations.slack_client import SlackChat
-from integrations.state import SQLiteStateStore
+from integrations.state import SQLiteStateStore, StateStore
+from integrations.state_dynamodb import DynamoDBStateStore
 from playbooks.config import Config, ConfigError, Secrets, load_config
 from playbooks.layer_exposure import Services
 from playbooks.runner import EXIT_BAD_INPUT, EXIT_OK, RunReport, read_input, run
@@ -42,6 +45,16 @@ def build_investigator(config: Config, aws: AwsClients, store=None) -> Investiga
     ), prior_grants=store.grants_by_actor if store else (lambda arn: 0))
 
 
+def open_store(config: Config, aws: AwsClients) -> StateStore:
+    """The SQLite file, or the DynamoDB table shared by every process and Lambda function."""
+    if not config.state_table:
+        return SQLiteStateStore(config.state_path)
+    region = config.state_region or boto3.session.Session().region_name
+    if not region:
+        raise SetupError("state.dynamodb_region is not set and no AWS region is configured (AWS_REGION)")
+    return DynamoDBStateStore(aws.client("dynamodb", "", region), config.state_table)
+
+
 def build_services(config: Config, secrets: Secrets, dry_run: bool = False, aws: AwsClients | None = None) -> Services:
     aws = aws or AwsClients(assume_role=config.aws.assume_role, external_id=config.aws.external_id)
     if dry_run:
@@ -51,7 +64,7 @@ def build_services(config: Config, secrets: Secrets, dry_run: bool = False, aws:
                          "alone for a Server/Data Center personal access token)")
     if not secrets.slack_bot_token:
         raise SetupError("environment variable SLACK_BOT_TOKEN is not set")
-    store = SQLiteStateStore(config.state_path)
+    store = open_store(config, aws)
     return Services(
         aws=aws,
         store=store,
@@ -197,10 +210,10 @@ def _print_report(report: RunReport, as_json: bool, out: TextIO) -> None:
 
 
 def _cases(config: Config, as_json: bool, out: TextIO) -> int:
-    if not config.state_path.exists():
+    if not config.state_table and not config.state_path.exists():
         print("no cases yet (state file does not exist: " + str(config.state_path) + ")", file=out)
         return EXIT_OK
-    store = SQLiteStateStore(config.state_path)
+    store = open_store(config, AwsClients())
     for case in store.list_cases():
         if as_json:
             print(json.dumps({

@@ -100,6 +100,8 @@ class Config:
     jira: JiraConfig
     slack: SlackConfig
     state_path: Path
+    state_table: str = ""  # a DynamoDB table instead of the SQLite file
+    state_region: str = ""
     approval: ApprovalConfig = field(default_factory=ApprovalConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     investigation: InvestigationConfig = field(default_factory=InvestigationConfig)
@@ -184,7 +186,7 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path = Path(".")) -
                                       "done_transition"})
     r.no_unknown_keys(slack, "slack", {"api_url", "channel", "approvers", "approver_groups", "team_id", "app_id",
                                         "timeout_seconds"})
-    r.no_unknown_keys(state, "state", {"path"})
+    r.no_unknown_keys(state, "state", {"path", "dynamodb_table", "dynamodb_region"})
     r.no_unknown_keys(approval, "approval", {"timeout", "remind_after", "on_timeout", "keep_exception_for"})
     r.no_unknown_keys(service, "service", {"max_body_bytes", "check_interval", "workers"})
     on_timeout = r.text(approval, "approval.on_timeout", default="escalate")
@@ -234,6 +236,14 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path = Path(".")) -
     state_path = Path(r.text(state, "state.path", default="layerguard.sqlite"))
     if not state_path.is_absolute():
         state_path = base_dir / state_path
+    state_table = r.text(state, "state.dynamodb_table", default="")
+    if state_table and "path" in state:
+        raise ConfigError(source, "state.dynamodb_table", "set state.path or state.dynamodb_table, not both")
+    if state_table and not re.fullmatch(r"[A-Za-z0-9_.-]{3,255}", state_table):
+        raise ConfigError(source, "state.dynamodb_table", f"{state_table!r} is not a DynamoDB table name")
+    state_region = r.text(state, "state.dynamodb_region", default="")
+    if state_region and not _REGION.match(state_region):
+        raise ConfigError(source, "state.dynamodb_region", f"{state_region!r} is not a region such as eu-west-1")
 
     return Config(
         source=source,
@@ -270,6 +280,8 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path = Path(".")) -
             timeout_seconds=r.number(slack, "slack.timeout_seconds", default=10.0),
         ),
         state_path=state_path,
+        state_table=state_table,
+        state_region=state_region,
         approval=ApprovalConfig(
             timeout_seconds=r.duration(approval, "approval.timeout", default="24h"),
             remind_after_seconds=r.duration(approval, "approval.remind_after", default=""),

@@ -323,3 +323,30 @@ def test_outbox_keeps_what_jira_and_slack_missed_until_layerguard_retry(world, t
     assert len(world.jira.issues) == 1 and len(slack_messages(world)) == 1
     [case] = SQLiteStateStore(world.state_path).list_cases()
     assert case.ticket_key and case.slack_ts and case.status == "contained"
+
+
+def test_state_in_a_dynamodb_table_behaves_as_the_sqlite_file(world, tmp_path):
+    """The AWS deployment keeps state in DynamoDB: same playbook, same one case per grant."""
+    from integrations.state_dynamodb import DynamoDBStateStore
+    from tests.e2e.conftest import main
+
+    DynamoDBStateStore.create_table(world.client("dynamodb"), "layerguard-state")
+    text = world.config_path.read_text().replace(
+        f"  path: {world.state_path}\n", "  dynamodb_table: layerguard-state\n  dynamodb_region: us-east-1\n")
+    world.config_path.write_text(text)
+    detections = write_detections(tmp_path / "d.json", cloudtrail_record(LAYER, 1, "*", "public-share"),
+                                  cloudtrail_record(LAYER, 1, PARTNER_ACCOUNT_ID, "partner-share"))
+
+    code, outcomes = respond(world, detections)
+    assert code == 0
+    assert [o["decision"] for o in outcomes] == ["contained", "awaiting_approval"]
+    assert [s["Sid"] for s in world.policy_statements(LAYER, 1)] == ["partner-share"]
+    code, replayed = respond(world, detections)
+    assert [o["decision"] for o in replayed] == ["duplicate", "duplicate"]
+    assert len(world.jira.issues) == 2 and len(slack_messages(world)) == 2
+    assert not world.state_path.exists()  # nothing went to a local file
+
+    out = io.StringIO()
+    assert main(["cases", "--json", "--config", str(world.config_path)], stdout=out) == 0
+    cases = sorted((c["status"], c["ticket"]) for c in map(json.loads, out.getvalue().splitlines()))
+    assert cases == sorted([("contained", outcomes[0]["ticket"]), ("awaiting_approval", outcomes[1]["ticket"])])

@@ -37,6 +37,11 @@ def test_defaults():
     assert config.state_path.name == "layerguard.sqlite"
 
 
+def test_state_in_dynamodb():
+    config = minimal_config(state__dynamodb_table="layerguard-state", state__dynamodb_region="eu-west-1")
+    assert (config.state_table, config.state_region) == ("layerguard-state", "eu-west-1")
+
+
 def test_response_override_and_allowlists():
     config = minimal_config(policy__response={"cross-account": "revoke"},
                             policy__trusted_accounts=["210987654321"],
@@ -60,6 +65,9 @@ def test_response_override_and_allowlists():
     ({"slack__approvers": ["alice"]}, "slack.approvers[0]", "Slack user id"),
     ({"slack__colour": "red"}, "slack.colour", "unknown key"),
     ({"jira__priorities": {"urgent": "P1"}}, "jira.priorities.urgent", "unknown severity"),
+    ({"state__path": "x.sqlite", "state__dynamodb_table": "lg"}, "state.dynamodb_table", "not both"),
+    ({"state__dynamodb_table": "my table!"}, "state.dynamodb_table", "not a DynamoDB table name"),
+    ({"state__dynamodb_region": "mars"}, "state.dynamodb_region", "not a region"),
 ])
 def test_errors_name_the_key(overrides, key, problem):
     with pytest.raises(ConfigError) as info:

@@ -9,9 +9,11 @@ import botocore.session
 from botocore import xform_name
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = {"lambda": "lambda", "cloudtrail": "cloudtrail", "organizations": "organizations", "sts": "sts"}
-# How the code names its clients: lambda_client.x(...), client.x(...), sts.x(...), aws_retry(client.x)(...)
-CALL = re.compile(r"\b(?:client|lambda_client|sts)\.([a-z][a-z0-9_]+)\b")
+SERVICES = {"lambda": "lambda", "cloudtrail": "cloudtrail", "organizations": "organizations", "sts": "sts",
+            "dynamodb": "dynamodb"}
+# How the code names its clients: lambda_client.x(...), client.x(...), sts.x(...), aws_retry(client.x)(...),
+# and the DynamoDB store's self.dynamodb.x(...) and self._call("x", ...)
+CALL = re.compile(r"\b(?:client|lambda_client|sts|self\.dynamodb)\.([a-z][a-z0-9_]+)\b|\b_call\(\"([a-z_]+)\"")
 
 
 def operations_by_method() -> dict[str, set[str]]:
@@ -30,8 +32,8 @@ def actions_called() -> set[str]:
         for path in (ROOT / folder).rglob("*.py"):
             if "sandbox" in path.parts:
                 continue  # the sandbox builds the demo world; it is not the responder
-            for name in CALL.findall(path.read_text()):
-                called |= methods.get(name, set())
+            for names in CALL.findall(path.read_text()):
+                called |= set().union(*(methods.get(name, set()) for name in names if name))
     return called
 
 
