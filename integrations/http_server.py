@@ -1,8 +1,9 @@
-"""A small threaded HTTP server: routes to plain handler functions (Request -> Reply).
+"""A router of plain handler functions (Request -> Reply), and a small threaded HTTP
+server that hosts one.
 
 Used by `layerguard serve` and by the Jira and Slack emulators. Handlers see the
-raw body (Slack signs it) and never touch sockets, so the same handlers can sit
-behind another adapter (AWS Lambda) unchanged.
+raw body (Slack signs it) and never touch sockets, so the same router sits behind
+the AWS Lambda adapter unchanged.
 """
 
 from __future__ import annotations
@@ -52,12 +53,47 @@ log = logging.getLogger(__name__)
 Route = tuple[str, re.Pattern, Callable[[Request], Reply]]
 
 
-class HttpServer:
-    name = "http-server"
+class Router:
+    """Routes (method, path pattern) to handlers. Hosts call ``dispatch``."""
+
+    name = "router"
     max_body_bytes = 10 * 1024 * 1024
 
+    def __init__(self):
+        self.routes: list[Route] = []
+
+    def route(self, method: str, pattern: str, handler: Callable[[Request], Reply]) -> None:
+        self.routes.append((method, re.compile(f"^{pattern}$"), handler))
+
+    def mount(self, other: "Router") -> None:
+        """Serve ``other``'s routes too."""
+        self.routes.extend(other.routes)
+
+    def dispatch(self, request: Request) -> Reply:
+        if len(request.body) > self.max_body_bytes:
+            return Reply(413, self.error_body(413, f"body over {self.max_body_bytes} bytes"))
+        for method, pattern, fn in self.routes:
+            match = pattern.match(request.path)
+            if match and method == request.method:
+                request.params = match.groupdict()
+                try:
+                    return fn(request)
+                except (ValueError, KeyError, TypeError) as exc:
+                    return Reply(400, self.error_body(400, f"bad request: {type(exc).__name__}"))
+                except Exception:
+                    log.exception("%s: handler for %s %s failed", self.name, request.method, request.path)
+                    return Reply(500, self.error_body(500, "internal error"))
+        return Reply(404, self.error_body(404, f"no route for {request.method} {request.path}"))
+
+    def error_body(self, status: int, message: str) -> Any:
+        return {"error": message}
+
+
+class HttpServer(Router):
+    name = "http-server"
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self._routes: list[Route] = []
+        super().__init__()
         self._lock = threading.RLock()
         self.request_log: deque[tuple[float, str, str]] = deque(maxlen=100_000)
         self.in_flight = 0  # requests being handled now
@@ -85,9 +121,6 @@ class HttpServer:
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
-
-    def route(self, method: str, pattern: str, handler: Callable[[Request], Reply]) -> None:
-        self._routes.append((method, re.compile(f"^{pattern}$"), handler))
 
     def start(self) -> "HttpServer":
         self._thread = threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True)
@@ -142,7 +175,7 @@ class HttpServer:
                           {k.lower(): v for k, v in handler.headers.items()}, body)
         with self._lock:
             self.request_log.append((time.time(), request.method, request.path))
-        reply = self.before_route(request) or self._route(request)
+        reply = self.before_route(request) or self.dispatch(request)
         if self.drop_reply(request):
             handler.close_connection = True  # processed, but the client never hears back
             return
@@ -161,19 +194,3 @@ class HttpServer:
         handler.end_headers()
         handler.wfile.write(payload)
 
-    def _route(self, request: Request) -> Reply:
-        for method, pattern, fn in self._routes:
-            match = pattern.match(request.path)
-            if match and method == request.method:
-                request.params = match.groupdict()
-                try:
-                    return fn(request)
-                except (ValueError, KeyError, TypeError) as exc:
-                    return Reply(400, self.error_body(400, f"bad request: {type(exc).__name__}"))
-                except Exception:
-                    log.exception("%s: handler for %s %s failed", self.name, request.method, request.path)
-                    return Reply(500, self.error_body(500, "internal error"))
-        return Reply(404, self.error_body(404, f"no route for {request.method} {request.path}"))
-
-    def error_body(self, status: int, message: str) -> Any:
-        return {"error": message}
