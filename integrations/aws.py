@@ -297,3 +297,8 @@ def download(url: str, max_bytes: int, timeout: float = 30.0) -> bytes:
                 raise ValueError(f"layer content exceeds the {max_bytes}-byte cap")
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+def send_message(client, queue_url: str, body: str) -> None:
+    """One SQS message (the Lambda deployment's nudge to run recorded jobs)."""
+    aws_retry(client.send_message)(QueueUrl=queue_url, MessageBody=body)

@@ -49,10 +49,15 @@ def open_store(config: Config, aws: AwsClients) -> StateStore:
     """The SQLite file, or the DynamoDB table shared by every process and Lambda function."""
     if not config.state_table:
         return SQLiteStateStore(config.state_path)
+    return DynamoDBStateStore(aws.client("dynamodb", "", home_region(config)), config.state_table)
+
+
+def home_region(config: Config) -> str:
+    """Where LayerGuard's own resources (state table, queue) are: state.dynamodb_region, else the environment's."""
     region = config.state_region or boto3.session.Session().region_name
     if not region:
         raise SetupError("state.dynamodb_region is not set and no AWS region is configured (AWS_REGION)")
-    return DynamoDBStateStore(aws.client("dynamodb", "", region), config.state_table)
+    return region
 
 
 def build_services(config: Config, secrets: Secrets, dry_run: bool = False, aws: AwsClients | None = None) -> Services:

@@ -45,14 +45,24 @@ def read_input(paths: Iterable[str], stdin: BinaryIO | None = None) -> Intake:
     intake = Intake()
     for path in paths:
         try:
-            data = _read_bytes(path, stdin)
-            for document in read_documents(data, "<stdin>" if path == "-" else path):
-                try:
-                    intake.items.extend(detections_from_document(document))
-                except IntakeError as exc:
-                    intake.errors.append(exc)
+            read_bytes(_read_bytes(path, stdin), "<stdin>" if path == "-" else path, intake)
         except IntakeError as exc:
             intake.errors.append(exc)
+    return intake
+
+
+def read_bytes(data: bytes, location: str, intake: Intake | None = None) -> Intake:
+    """Detections from one input (a file, a message body); a bad document never hides the good ones."""
+    intake = intake if intake is not None else Intake()
+    try:
+        documents = read_documents(data, location)
+        for document in documents:
+            try:
+                intake.items.extend(detections_from_document(document))
+            except IntakeError as exc:
+                intake.errors.append(exc)
+    except IntakeError as exc:
+        intake.errors.append(exc)
     return intake
 
 

@@ -25,6 +25,19 @@ def world(tmp_path, monkeypatch):
         yield world
 
 
+def use_dynamodb_state(world, config_path, table="layerguard-state"):
+    """Point a config at a DynamoDB table on the world's moto server (created once)."""
+    from integrations.state_dynamodb import DynamoDBStateStore
+
+    client = world.client("dynamodb")
+    if table not in client.list_tables()["TableNames"]:
+        DynamoDBStateStore.create_table(client, table)
+    text = config_path.read_text().replace(f"  path: {world.state_path}\n",
+                                           f"  dynamodb_table: {table}\n  dynamodb_region: us-east-1\n")
+    config_path.write_text(text)
+    return DynamoDBStateStore(client, table)
+
+
 def write_detections(path, *records):
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     return path

@@ -327,13 +327,9 @@ def test_outbox_keeps_what_jira_and_slack_missed_until_layerguard_retry(world, t
 
 def test_state_in_a_dynamodb_table_behaves_as_the_sqlite_file(world, tmp_path):
     """The AWS deployment keeps state in DynamoDB: same playbook, same one case per grant."""
-    from integrations.state_dynamodb import DynamoDBStateStore
-    from tests.e2e.conftest import main
+    from tests.e2e.conftest import main, use_dynamodb_state
 
-    DynamoDBStateStore.create_table(world.client("dynamodb"), "layerguard-state")
-    text = world.config_path.read_text().replace(
-        f"  path: {world.state_path}\n", "  dynamodb_table: layerguard-state\n  dynamodb_region: us-east-1\n")
-    world.config_path.write_text(text)
+    use_dynamodb_state(world, world.config_path)
     detections = write_detections(tmp_path / "d.json", cloudtrail_record(LAYER, 1, "*", "public-share"),
                                   cloudtrail_record(LAYER, 1, PARTNER_ACCOUNT_ID, "partner-share"))
 

@@ -10,7 +10,7 @@ from botocore import xform_name
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = {"lambda": "lambda", "cloudtrail": "cloudtrail", "organizations": "organizations", "sts": "sts",
-            "dynamodb": "dynamodb"}
+            "dynamodb": "dynamodb", "sqs": "sqs"}
 # How the code names its clients: lambda_client.x(...), client.x(...), sts.x(...), aws_retry(client.x)(...),
 # and the DynamoDB store's self.dynamodb.x(...) and self._call("x", ...)
 CALL = re.compile(r"\b(?:client|lambda_client|sts|self\.dynamodb)\.([a-z][a-z0-9_]+)\b|\b_call\(\"([a-z_]+)\"")
