@@ -27,6 +27,18 @@ from integrations.state import (_COLUMNS, _ME, JSON_FIELDS, OPEN_STATUSES, Case,
                                 Job, _alive_elsewhere)
 
 _FLOAT_FIELDS = frozenset(name for name, f in Case.__dataclass_fields__.items() if f.type == "float")
+# deploy/hub.yaml declares the same table; a test keeps the two equal.
+TABLE_SCHEMA = {
+    "AttributeDefinitions": [{"AttributeName": name, "AttributeType": kind} for name, kind in (
+        ("pk", "S"), ("sk", "S"), ("case_key", "S"), ("created_at", "N"), ("actor_arn", "S"))],
+    "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+    "GlobalSecondaryIndexes": [
+        {"IndexName": "by_case_key", "Projection": {"ProjectionType": "ALL"},
+         "KeySchema": [{"AttributeName": "case_key", "KeyType": "HASH"},
+                       {"AttributeName": "created_at", "KeyType": "RANGE"}]},
+        {"IndexName": "by_actor", "Projection": {"ProjectionType": "KEYS_ONLY"},
+         "KeySchema": [{"AttributeName": "actor_arn", "KeyType": "HASH"}]}],
+}
 _JOBS = {"S": "JOB"}
 _EXCEPTIONS = {"S": "EXCEPTION"}
 
@@ -40,18 +52,7 @@ class DynamoDBStateStore:
     @staticmethod
     def create_table(dynamodb_client, table: str) -> None:
         """The table and its indexes (on-demand capacity), waiting until it is active."""
-        string, number = "S", "N"
-        dynamodb_client.create_table(
-            TableName=table, BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": name, "AttributeType": kind} for name, kind in (
-                ("pk", string), ("sk", string), ("case_key", string), ("created_at", number), ("actor_arn", string))],
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            GlobalSecondaryIndexes=[
-                {"IndexName": "by_case_key", "Projection": {"ProjectionType": "ALL"},
-                 "KeySchema": [{"AttributeName": "case_key", "KeyType": "HASH"},
-                               {"AttributeName": "created_at", "KeyType": "RANGE"}]},
-                {"IndexName": "by_actor", "Projection": {"ProjectionType": "KEYS_ONLY"},
-                 "KeySchema": [{"AttributeName": "actor_arn", "KeyType": "HASH"}]}])
+        dynamodb_client.create_table(TableName=table, BillingMode="PAY_PER_REQUEST", **TABLE_SCHEMA)
         dynamodb_client.get_waiter("table_exists").wait(TableName=table)
 
     # -- plumbing

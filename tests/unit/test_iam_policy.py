@@ -16,12 +16,20 @@ SERVICES = {"lambda": "lambda", "cloudtrail": "cloudtrail", "organizations": "or
 CALL = re.compile(r"\b(?:client|lambda_client|sts|self\.dynamodb)\.([a-z][a-z0-9_]+)\b|\b_call\(\"([a-z_]+)\"")
 
 
+# Operations that IAM does not authorise by their own name.
+IAM_ACTIONS = {
+    # a transaction is authorised item by item: the store's transactions put, update and delete
+    "dynamodb:TransactWriteItems": {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"},
+}
+
+
 def operations_by_method() -> dict[str, set[str]]:
     session = botocore.session.get_session()
     methods: dict[str, set[str]] = {}
     for service, prefix in SERVICES.items():
         for operation in session.get_service_model(service).operation_names:
-            methods.setdefault(xform_name(operation), set()).add(f"{prefix}:{operation}")
+            action = f"{prefix}:{operation}"
+            methods.setdefault(xform_name(operation), set()).update(IAM_ACTIONS.get(action, {action}))
     return methods
 
 
