@@ -35,6 +35,9 @@ from playbooks.worker import Worker
 
 log = logging.getLogger("layerguard")
 RUN_JOBS = {"layerguard": "run-jobs"}
+# A job is not started with less time than this left in the invocation: one cut short
+# would wait for its lease (5 minutes) to run out before it is tried again.
+JOB_TIME_MARGIN_MS = 30_000
 
 
 class LambdaApp:
@@ -50,11 +53,11 @@ class LambdaApp:
             raise ValueError(f"unrecognised invocation: a {type(event).__name__}, not an event object")
         records = event.get("Records")
         if isinstance(records, list) and records and records[0].get("eventSource") == "aws:sqs":
-            return self.sqs_batch(records)
+            return self.sqs_batch(records, _time_is_up(context))
         if "http" in (event.get("requestContext") or {}):
             return self.http(event)
         if event.get("detail-type") == "Scheduled Event":
-            return self.scheduled()
+            return self.scheduled(_time_is_up(context))
         if "detail-type" in event or "eventName" in event:
             location = f"event {event.get('id') or event.get('eventID') or '(no id)'}"
             if not self._respond(json.dumps(event).encode(), location):
@@ -65,7 +68,7 @@ class LambdaApp:
 
     # -- the detection queue
 
-    def sqs_batch(self, records: list[dict]) -> dict:
+    def sqs_batch(self, records: list[dict], time_is_up: Callable[[], bool] = lambda: False) -> dict:
         failures, run_jobs = [], False
         for record in records:
             body = record.get("body") or ""
@@ -73,7 +76,7 @@ class LambdaApp:
                 run_jobs = True
             elif not self._respond(body.encode(), f"SQS message {record.get('messageId', '?')}"):
                 failures.append({"itemIdentifier": record.get("messageId", "")})
-        ran = self.worker.drain() if run_jobs else 0
+        ran = self.worker.drain(time_is_up) if run_jobs else 0
         return {"batchItemFailures": failures, "jobsRun": ran}
 
     def _respond(self, data: bytes, location: str) -> bool:
@@ -100,9 +103,14 @@ class LambdaApp:
 
     # -- the schedule
 
-    def scheduled(self) -> dict:
+    def scheduled(self, time_is_up: Callable[[], bool] = lambda: False) -> dict:
         expired = expire_due(self.config, self.services.store)
-        return {"expired": expired, "jobsRun": self.worker.drain()}
+        return {"expired": expired, "jobsRun": self.worker.drain(time_is_up)}
+
+
+def _time_is_up(context: Any) -> Callable[[], bool]:
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return (lambda: remaining() < JOB_TIME_MARGIN_MS) if remaining else (lambda: False)
 
 
 def _is_run_jobs(body: str) -> bool:

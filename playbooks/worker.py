@@ -71,10 +71,12 @@ class Worker:
         store.finish_job(job.job_id)
         return True
 
-    def drain(self) -> int:
-        """Run every ready job (for `layerguard expire` and tests); returns how many ran."""
+    def drain(self, time_is_up: Callable[[], bool] = lambda: False) -> int:
+        """Run every ready job (`layerguard expire`, a Lambda invocation, tests); returns how many ran.
+
+        ``time_is_up`` is asked before each job: a job left unclaimed stays ready for the next run."""
         count = 0
-        while self.run_once():
+        while not time_is_up() and self.run_once():
             count += 1
         return count
 

@@ -113,6 +113,31 @@ def test_an_approvers_click_on_the_function_url_is_acked_then_applied_from_the_q
     assert world.jira.issues[case.ticket_key]["fields"]["status"]["name"] == "Done"
 
 
+class LambdaContext:
+    """The context object Lambda passes: only the remaining time matters here."""
+
+    def __init__(self, remaining_ms):
+        self.remaining_ms = remaining_ms
+
+    def get_remaining_time_in_millis(self):
+        return self.remaining_ms
+
+
+def test_jobs_are_not_started_when_the_invocation_is_almost_out_of_time(world, aws_app):
+    app = aws_app()
+    app.handle(sqs_event(("m1", json.dumps(eventbridge(cloudtrail_record(
+        LAYER, 1, PARTNER_ACCOUNT_ID, "partner-share"))))))
+    case_id = buttons(slack_messages(world)[0])[0]["value"]
+    body = block_actions_body("revoke_grant", case_id)
+    app.handle(function_url_event("POST", "/slack/actions", body, signed_headers(body)))
+    nudges = queued_messages(aws_app)
+
+    assert app.handle(sqs_event(*nudges), LambdaContext(remaining_ms=10_000))["jobsRun"] == 0
+    assert len(aws_app.store.pending_jobs()) == 1 and sids(world) == {"public-share", "partner-share"}
+    assert app.handle(sqs_event(*nudges), LambdaContext(remaining_ms=100_000))["jobsRun"] == 1
+    assert sids(world) == {"public-share"}
+
+
 def test_forged_clicks_and_unknown_paths_are_refused(world, aws_app):
     app = aws_app()
     body = block_actions_body("revoke_grant", "LG-ANY")
