@@ -44,8 +44,13 @@ class Request:
 @dataclass
 class Reply:
     status: int = 200
-    body: Any = None
+    body: Any = None  # bytes or text as is; anything else as JSON
     headers: dict[str, str] = field(default_factory=dict)
+
+    def payload(self) -> bytes:
+        if isinstance(self.body, (bytes, str)):
+            return self.body.encode() if isinstance(self.body, str) else self.body
+        return b"" if self.body is None else json.dumps(self.body).encode()
 
 
 log = logging.getLogger(__name__)
@@ -182,10 +187,7 @@ class HttpServer(Router):
         self._send(handler, reply)
 
     def _send(self, handler: BaseHTTPRequestHandler, reply: Reply) -> None:
-        if isinstance(reply.body, (bytes, str)):
-            payload = reply.body.encode() if isinstance(reply.body, str) else reply.body
-        else:
-            payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+        payload = reply.payload()
         handler.send_response(reply.status)
         handler.send_header("Content-Type", reply.headers.pop("Content-Type", "application/json;charset=utf-8"))
         handler.send_header("Content-Length", str(len(payload)))

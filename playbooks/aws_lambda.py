@@ -128,11 +128,7 @@ def _log_report(report: RunReport) -> None:
 
 
 def _function_url_reply(reply: Reply) -> dict:
-    if isinstance(reply.body, (bytes, str)):
-        body = reply.body.decode() if isinstance(reply.body, bytes) else reply.body
-    else:
-        body = "" if reply.body is None else json.dumps(reply.body)
-    return {"statusCode": reply.status, "isBase64Encoded": False, "body": body,
+    return {"statusCode": reply.status, "isBase64Encoded": True, "body": base64.b64encode(reply.payload()).decode(),
             "headers": {"content-type": "application/json;charset=utf-8", **reply.headers}}
 
 

@@ -145,7 +145,7 @@ def test_forged_clicks_and_unknown_paths_are_refused(world, aws_app):
     assert forged["statusCode"] == 401
     assert app.handle(function_url_event("GET", "/admin", "", {}))["statusCode"] == 404
     health = app.handle(function_url_event("GET", "/healthz", "", {}))
-    assert (health["statusCode"], json.loads(health["body"])["checks"]) == (200, {"state": "ok"})
+    assert (health["statusCode"], json.loads(base64.b64decode(health["body"]))["checks"]) == (200, {"state": "ok"})
     assert queued_messages(aws_app) == []
 
 
