@@ -30,7 +30,7 @@ from playbooks.approvals import expire_due
 from playbooks.config import Config, Secrets, load_config
 from playbooks.endpoints import Endpoints
 from playbooks.layer_exposure import Services
-from playbooks.runner import RunReport, read_bytes, run
+from playbooks.runner import RunReport, detections_in, run
 from playbooks.worker import Worker
 
 log = logging.getLogger("layerguard")
@@ -85,7 +85,7 @@ class LambdaApp:
         A failure after the case was recorded is not one: the case's job is in the
         store's outbox and runs from the schedule. Bad input and a case that could not
         be recorded are: SQS redelivers them, then keeps them in the dead-letter queue."""
-        report = run(read_bytes(data, location), self.config, self.services)
+        report = run(detections_in(data, location), self.config, self.services)
         _log_report(report)
         unrecorded = [o for o in report.outcomes if o.errors and not o.case_id]
         return not report.intake_errors and not unrecorded

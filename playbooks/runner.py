@@ -45,13 +45,13 @@ def read_input(paths: Iterable[str], stdin: BinaryIO | None = None) -> Intake:
     intake = Intake()
     for path in paths:
         try:
-            read_bytes(_read_bytes(path, stdin), "<stdin>" if path == "-" else path, intake)
+            detections_in(_read_bytes(path, stdin), "<stdin>" if path == "-" else path, intake)
         except IntakeError as exc:
             intake.errors.append(exc)
     return intake
 
 
-def read_bytes(data: bytes, location: str, intake: Intake | None = None) -> Intake:
+def detections_in(data: bytes, location: str, intake: Intake | None = None) -> Intake:
     """Detections from one input (a file, a message body); a bad document never hides the good ones."""
     intake = intake if intake is not None else Intake()
     try:
