@@ -180,7 +180,7 @@ class DynamoDBStateStore:
     def claim_create(self, case_id: str, what: str, lease_seconds: float = 120.0) -> tuple[bool, float]:
         """Record the intent to create the case's ticket or message (see the SQLite store)."""
         at, by, done = f"{what}_intent_at", f"{what}_intent_by", {"ticket": "ticket_key", "slack": "slack_ts"}[what]
-        while True:
+        for _ in range(10):
             case = self.get_case(case_id)
             if case is None:
                 raise KeyError(case_id)
@@ -190,12 +190,14 @@ class DynamoDBStateStore:
                 return False, earlier
             try:
                 self._call("update_item", Key=_key(f"CASE#{case_id}", "CASE"),
-                           UpdateExpression=f"SET {at} = :now, {by} = :me", ConditionExpression=f"{at} = :earlier",
+                           UpdateExpression=f"SET {at} = :now, {by} = :me",
+                           ConditionExpression=f"{at} = :earlier OR attribute_not_exists({at})",
                            ExpressionAttributeValues={":now": _n(self.clock()), ":me": {"S": _ME},
                                                       ":earlier": _n(earlier)})
                 return True, earlier
             except self.dynamodb.exceptions.ConditionalCheckFailedException:
                 continue  # someone else recorded an intent meanwhile: look again
+        raise RuntimeError(f"case {case_id}: the {what} intent kept changing under us")
 
     def release_create(self, case_id: str, what: str) -> None:
         self._call("update_item", Key=_key(f"CASE#{case_id}", "CASE"),

@@ -29,11 +29,8 @@ def clock():
     return Clock()
 
 
-@pytest.fixture(params=["sqlite", "dynamodb"])
-def store(request, tmp_path, clock, monkeypatch):
-    if request.param == "sqlite":
-        yield SQLiteStateStore(tmp_path / "state.sqlite", clock=clock)
-        return
+@pytest.fixture
+def dynamodb_store(clock, monkeypatch):
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, "testing")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
@@ -41,6 +38,13 @@ def store(request, tmp_path, clock, monkeypatch):
         client = boto3.client("dynamodb", region_name="us-east-1", config=BOTOCORE_CONFIG)
         DynamoDBStateStore.create_table(client, "layerguard-state")
         yield DynamoDBStateStore(client, "layerguard-state", clock=clock)
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def store(request, tmp_path, clock):
+    if request.param == "sqlite":
+        return SQLiteStateStore(tmp_path / "state.sqlite", clock=clock)
+    return request.getfixturevalue("dynamodb_store")
 
 
 def a_case(grantee: str = "account:210987654321", actor: str = "arn:aws:iam::123456789012:user/dev") -> Case:
@@ -190,3 +194,13 @@ def test_grants_are_counted_per_actor(store):
     store.open_case(a_case("account:3", actor="arn:aws:iam::123456789012:role/ci"))
     assert store.grants_by_actor("arn:aws:iam::123456789012:user/dev") == 2
     assert store.grants_by_actor("") == 0
+
+
+def test_dynamodb_items_written_before_a_field_existed_still_work(dynamodb_store):
+    """A table outlives releases: a case item without a newer attribute reads with its default."""
+    store = dynamodb_store
+    case, _ = store.open_case(a_case())
+    store.dynamodb.update_item(TableName=store.table, Key={"pk": {"S": f"CASE#{case.case_id}"}, "sk": {"S": "CASE"}},
+                               UpdateExpression="REMOVE ticket_intent_at, ticket_intent_by, previous_ticket")
+    assert store.get_case(case.case_id).previous_ticket == ""
+    assert store.claim_create(case.case_id, "ticket") == (True, 0.0)
