@@ -9,13 +9,12 @@ import os
 import signal
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Sequence, TextIO
 
 import boto3
 
-from actions.collect_context import InvestigationSettings, Investigator
-from actions.scan_layer import Limits
+from actions.collect_context import Investigator
 from integrations.aws import AwsClients
 from integrations.jira_client import JiraTickets
 from integrations.slack_client import SlackChat
@@ -33,16 +32,8 @@ class SetupError(Exception):
 
 
 def build_investigator(config: Config, aws: AwsClients, store=None) -> Investigator:
-    settings = config.investigation
-    return Investigator(aws, InvestigationSettings(
-        accounts=config.aws.accounts, organization_accounts=config.aws.organization_accounts,
-        inventory_ttl_seconds=settings.inventory_ttl_seconds, max_concurrent_accounts=settings.max_concurrent_accounts,
-        activity_before=timedelta(seconds=settings.activity_before_seconds),
-        activity_after=timedelta(seconds=settings.activity_after_seconds),
-        lookup_activity=settings.lookup_activity, scan_secrets=settings.scan_secrets,
-        max_layer_bytes=settings.max_layer_bytes,
-        limits=Limits(max_uncompressed_bytes=settings.max_uncompressed_bytes, max_files=settings.max_files),
-    ), prior_grants=store.grants_by_actor if store else (lambda arn: 0))
+    return Investigator(aws, config.investigation,
+                        prior_grants=store.grants_by_actor if store else (lambda arn: 0))
 
 
 def open_store(config: Config, aws: AwsClients) -> StateStore:

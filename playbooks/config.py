@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
+from actions.collect_context import InvestigationSettings
+from actions.scan_layer import Limits
 from playbooks.classify import DEFAULT_RESPONSES, Allowlists, GrantKind, Response, Severity
 
 DEFAULT_PRIORITIES = {
@@ -34,19 +37,6 @@ class AwsConfig:
     external_id: str = ""
     accounts: tuple[str, ...] = ()  # other accounts to search for consumers
     organization_accounts: bool = False  # accounts: organization
-
-
-@dataclass(frozen=True)
-class InvestigationConfig:
-    inventory_ttl_seconds: float = 300.0
-    max_concurrent_accounts: int = 8
-    activity_before_seconds: float = 24 * 3600.0
-    activity_after_seconds: float = 3600.0
-    lookup_activity: bool = True
-    scan_secrets: bool = True
-    max_layer_bytes: int = 50 * 1024 * 1024
-    max_uncompressed_bytes: int = 250 * 1024 * 1024
-    max_files: int = 20_000
 
 
 @dataclass(frozen=True)
@@ -104,7 +94,7 @@ class Config:
     state_region: str = ""
     approval: ApprovalConfig = field(default_factory=ApprovalConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
-    investigation: InvestigationConfig = field(default_factory=InvestigationConfig)
+    investigation: InvestigationSettings = field(default_factory=InvestigationSettings)
     contain_all_versions: bool = False
 
 
@@ -236,6 +226,8 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path = Path(".")) -
     state_path = Path(r.text(state, "state.path", default="layerguard.sqlite"))
     if not state_path.is_absolute():
         state_path = base_dir / state_path
+    accounts = tuple(r.pattern_list(aws, "aws.accounts", _ACCOUNT,
+                                    "a 12-digit account id (or use accounts: organization)"))
     state_table = r.text(state, "state.dynamodb_table", default="")
     if state_table and "path" in state:
         raise ConfigError(source, "state.dynamodb_table", "set state.path or state.dynamodb_table, not both")
@@ -251,8 +243,7 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path = Path(".")) -
             regions=tuple(r.pattern_list(aws, "aws.regions", _REGION, "a region such as eu-west-1")),
             assume_role=assume_role,
             external_id=r.text(aws, "aws.external_id", default=""),
-            accounts=tuple(r.pattern_list(aws, "aws.accounts", _ACCOUNT, "a 12-digit account id (or use "
-                                          "accounts: organization)")),
+            accounts=accounts,
             organization_accounts=organization_accounts,
         ),
         allowlists=Allowlists(
@@ -288,18 +279,7 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path = Path(".")) -
             on_timeout=on_timeout_value,
             keep_exception_seconds=r.duration(approval, "approval.keep_exception_for", default=""),
         ),
-        investigation=InvestigationConfig(
-            inventory_ttl_seconds=r.duration(investigation, "investigation.inventory_ttl", default="5m"),
-            max_concurrent_accounts=int(r.number(investigation, "investigation.max_concurrent_accounts", default=8)),
-            activity_before_seconds=r.duration(investigation, "investigation.activity_before", default="24h"),
-            activity_after_seconds=r.duration(investigation, "investigation.activity_after", default="1h"),
-            lookup_activity=r.flag(investigation, "investigation.lookup_activity", default=True),
-            scan_secrets=r.flag(investigation, "investigation.scan_secrets", default=True),
-            max_layer_bytes=int(r.number(investigation, "investigation.max_layer_bytes", default=50 * 1024 * 1024)),
-            max_uncompressed_bytes=int(r.number(investigation, "investigation.max_uncompressed_bytes",
-                                                default=250 * 1024 * 1024)),
-            max_files=int(r.number(investigation, "investigation.max_files", default=20_000)),
-        ),
+        investigation=_investigation(r, investigation, accounts, organization_accounts),
         contain_all_versions=r.flag(policy, "policy.contain_all_versions", default=False),
         service=ServiceConfig(
             max_body_bytes=int(r.number(service, "service.max_body_bytes", default=5 * 1024 * 1024)),
@@ -308,6 +288,31 @@ def parse_config(raw: Any, source: str = "config", base_dir: Path = Path(".")) -
         ),
     )
 
+
+
+def _investigation(r: "_Reader", section: dict, accounts: tuple[str, ...],
+                   organization_accounts: bool) -> InvestigationSettings:
+    """investigation.* over InvestigationSettings, whose defaults are the documented ones."""
+    default = InvestigationSettings()
+
+    def seconds(key: str, value: timedelta | float) -> float:
+        fallback = value.total_seconds() if isinstance(value, timedelta) else value
+        return r.duration(section, f"investigation.{key}", default=f"{fallback:g}s")
+
+    def count(key: str, fallback: int) -> int:
+        return int(r.number(section, f"investigation.{key}", default=fallback))
+
+    return InvestigationSettings(
+        accounts=accounts, organization_accounts=organization_accounts,
+        inventory_ttl_seconds=seconds("inventory_ttl", default.inventory_ttl_seconds),
+        max_concurrent_accounts=count("max_concurrent_accounts", default.max_concurrent_accounts),
+        activity_before=timedelta(seconds=seconds("activity_before", default.activity_before)),
+        activity_after=timedelta(seconds=seconds("activity_after", default.activity_after)),
+        lookup_activity=r.flag(section, "investigation.lookup_activity", default=default.lookup_activity),
+        scan_secrets=r.flag(section, "investigation.scan_secrets", default=default.scan_secrets),
+        max_layer_bytes=count("max_layer_bytes", default.max_layer_bytes),
+        limits=Limits(max_uncompressed_bytes=count("max_uncompressed_bytes", default.limits.max_uncompressed_bytes),
+                      max_files=count("max_files", default.limits.max_files)))
 
 class _Reader:
     def __init__(self, source: str):

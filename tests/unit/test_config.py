@@ -37,6 +37,21 @@ def test_defaults():
     assert config.state_path.name == "layerguard.sqlite"
 
 
+def test_investigation_settings_come_from_config_with_the_actions_defaults():
+    from datetime import timedelta
+
+    from actions.collect_context import InvestigationSettings
+
+    assert minimal_config().investigation == InvestigationSettings()
+    settings = minimal_config(investigation__inventory_ttl="10m", investigation__activity_before="2h",
+                              investigation__max_files=5, aws__accounts=["210987654321"]).investigation
+    assert (settings.inventory_ttl_seconds, settings.activity_before, settings.limits.max_files, settings.accounts) == (
+        600.0, timedelta(hours=2), 5, ("210987654321",))
+    with pytest.raises(ConfigError) as info:
+        minimal_config(investigation__max_files="many")
+    assert info.value.key == "investigation.max_files"
+
+
 def test_state_in_dynamodb():
     config = minimal_config(state__dynamodb_table="layerguard-state", state__dynamodb_region="eu-west-1")
     assert (config.state_table, config.state_region) == ("layerguard-state", "eu-west-1")
