@@ -60,6 +60,9 @@ class Case:
         return self.status in OPEN_STATUSES
 
 
+CASE_FIELDS = tuple(Case.__dataclass_fields__)
+
+
 @dataclass(frozen=True)
 class HistoryEntry:
     case_id: str
@@ -87,13 +90,13 @@ class GrantException:
     case_id: str
 
 
-_ME = f"{socket.gethostname()}:{os.getpid()}"
+THIS_PROCESS = f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _alive_elsewhere(owner: str) -> bool:
+def alive_elsewhere(owner: str) -> bool:
     """Is the process that recorded an intent another one, still running? (Other hosts: assume so.)"""
     host, _, pid = owner.rpartition(":")
-    if owner == _ME or not pid.isdigit():
+    if owner == THIS_PROCESS or not pid.isdigit():
         return False
     if host != socket.gethostname():
         return True
@@ -104,6 +107,22 @@ def _alive_elsewhere(owner: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def intent_fields(what: str) -> tuple[str, str, str]:
+    """The case fields of a create intent ("ticket" or "slack"): when, by whom, and what it made."""
+    return f"{what}_intent_at", f"{what}_intent_by", {"ticket": "ticket_key", "slack": "slack_ts"}[what]
+
+
+def create_is_taken(existing: str, earlier: float, owner: str, now: float, lease_seconds: float) -> bool:
+    """The thing exists already, or a live process claimed its creation within the lease."""
+    return bool(existing) or bool(earlier and now - earlier < lease_seconds and alive_elsewhere(owner))
+
+
+def check_case_fields(changes: Iterable[str]) -> None:
+    unknown = set(changes) - set(CASE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown case fields: {sorted(unknown)}")
 
 
 def case_key(layer_version_arn: str, grantee: str) -> str:
@@ -215,7 +234,6 @@ CREATE TABLE IF NOT EXISTS grant_exceptions (
 );
 """
 
-_COLUMNS = tuple(f.name for f in Case.__dataclass_fields__.values())
 
 
 class SQLiteStateStore:
@@ -275,7 +293,7 @@ class SQLiteStateStore:
 
     @staticmethod
     def _row_to_case(row: sqlite3.Row) -> Case:
-        data = {name: row[name] for name in _COLUMNS}
+        data = {name: row[name] for name in CASE_FIELDS}
         for name in JSON_FIELDS:
             data[name] = json.loads(data[name])
         data["removed_statements"] = tuple(data["removed_statements"])
@@ -307,9 +325,9 @@ class SQLiteStateStore:
             if row:
                 return self._row_to_case(row), False
             case = replace(case, created_at=now, updated_at=now)
-            values = [self._encode(name, getattr(case, name)) for name in _COLUMNS]
-            db.execute(f"INSERT INTO cases ({', '.join(_COLUMNS)}, is_open) VALUES "
-                       f"({', '.join('?' for _ in _COLUMNS)}, ?)", (*values, int(case.is_open)))
+            values = [self._encode(name, getattr(case, name)) for name in CASE_FIELDS]
+            db.execute(f"INSERT INTO cases ({', '.join(CASE_FIELDS)}, is_open) VALUES "
+                       f"({', '.join('?' for _ in CASE_FIELDS)}, ?)", (*values, int(case.is_open)))
             self._history(db, case.case_id, case.status, "case opened")
             return case, True
 
@@ -318,9 +336,7 @@ class SQLiteStateStore:
         return self._row_to_case(row) if row else None
 
     def update_case(self, case_id: str, note: str = "", **changes: Any) -> Case:
-        unknown = set(changes) - set(_COLUMNS)
-        if unknown:
-            raise ValueError(f"unknown case fields: {sorted(unknown)}")
+        check_case_fields(changes)
         encoded = {name: self._encode(name, value) for name, value in changes.items()}
         encoded["updated_at"] = self.clock()
         if "status" in encoded:
@@ -347,14 +363,14 @@ class SQLiteStateStore:
         that died, or that held it longer than ``lease_seconds``, loses it. An earlier
         intent means an earlier attempt may have landed, so the caller looks for it first.
         """
-        at, by, done = f"{what}_intent_at", f"{what}_intent_by", {"ticket": "ticket_key", "slack": "slack_ts"}[what]
+        at, by, done = intent_fields(what)
         now = self.clock()
         with self._tx() as db:
             row = db.execute(f"SELECT {at}, {by}, {done} FROM cases WHERE case_id = ?", (case_id,)).fetchone()
             earlier, owner, existing = row[0], row[1], row[2]
-            if existing or (earlier and now - earlier < lease_seconds and _alive_elsewhere(owner)):
+            if create_is_taken(existing, earlier, owner, now, lease_seconds):
                 return False, earlier
-            db.execute(f"UPDATE cases SET {at} = ?, {by} = ? WHERE case_id = ?", (now, _ME, case_id))
+            db.execute(f"UPDATE cases SET {at} = ?, {by} = ? WHERE case_id = ?", (now, THIS_PROCESS, case_id))
             return True, earlier
 
     def release_create(self, case_id: str, what: str) -> None:

@@ -23,8 +23,8 @@ from dataclasses import replace
 from typing import Any, Iterable, Iterator
 
 from integrations.retry import aws_error_code, aws_retry
-from integrations.state import (_COLUMNS, _ME, JSON_FIELDS, OPEN_STATUSES, Case, GrantException, HistoryEntry,
-                                Job, _alive_elsewhere)
+from integrations.state import (CASE_FIELDS, JSON_FIELDS, THIS_PROCESS, Case, GrantException, HistoryEntry, Job,
+                                check_case_fields, create_is_taken, intent_fields)
 
 _FLOAT_FIELDS = frozenset(name for name, f in Case.__dataclass_fields__.items() if f.type == "float")
 # deploy/hub.yaml declares the same table; a test keeps the two equal.
@@ -75,11 +75,10 @@ class DynamoDBStateStore:
         """Write all of ``items`` or none; False when one of their conditions did not hold.
 
         A transaction cancelled only by a conflicting concurrent transaction is tried again."""
-        for item in items:
-            next(iter(item.values()))["TableName"] = self.table
+        writes = [{operation: {**body, "TableName": self.table}} for item in items for operation, body in item.items()]
         for attempt in range(5):
             try:
-                aws_retry(self.dynamodb.transact_write_items)(TransactItems=list(items))
+                aws_retry(self.dynamodb.transact_write_items)(TransactItems=writes)
                 return True
             except self.dynamodb.exceptions.TransactionCanceledException as exc:
                 codes = {reason.get("Code") for reason in exc.response.get("CancellationReasons", [])}
@@ -137,9 +136,7 @@ class DynamoDBStateStore:
         return _case_from_item(item) if item else None
 
     def update_case(self, case_id: str, note: str = "", **changes: Any) -> Case:
-        unknown = set(changes) - set(_COLUMNS)
-        if unknown:
-            raise ValueError(f"unknown case fields: {sorted(unknown)}")
+        check_case_fields(changes)
         before = self.get_case(case_id)
         if before is None:
             raise KeyError(case_id)
@@ -179,20 +176,19 @@ class DynamoDBStateStore:
 
     def claim_create(self, case_id: str, what: str, lease_seconds: float = 120.0) -> tuple[bool, float]:
         """Record the intent to create the case's ticket or message (see the SQLite store)."""
-        at, by, done = f"{what}_intent_at", f"{what}_intent_by", {"ticket": "ticket_key", "slack": "slack_ts"}[what]
+        at, by, done = intent_fields(what)
         for _ in range(10):
             case = self.get_case(case_id)
             if case is None:
                 raise KeyError(case_id)
-            earlier, owner = getattr(case, at), getattr(case, by)
-            if getattr(case, done) or (earlier and self.clock() - earlier < lease_seconds
-                                       and _alive_elsewhere(owner)):
+            earlier = getattr(case, at)
+            if create_is_taken(getattr(case, done), earlier, getattr(case, by), self.clock(), lease_seconds):
                 return False, earlier
             try:
                 self._call("update_item", Key=_key(f"CASE#{case_id}", "CASE"),
                            UpdateExpression=f"SET {at} = :now, {by} = :me",
                            ConditionExpression=f"{at} = :earlier OR attribute_not_exists({at})",
-                           ExpressionAttributeValues={":now": _n(self.clock()), ":me": {"S": _ME},
+                           ExpressionAttributeValues={":now": _n(self.clock()), ":me": {"S": THIS_PROCESS},
                                                       ":earlier": _n(earlier)})
                 return True, earlier
             except self.dynamodb.exceptions.ConditionalCheckFailedException:
@@ -387,7 +383,7 @@ def _value(name: str, value: Any) -> dict:
 
 def _case_item(case: Case) -> dict:
     item = {**_key(f"CASE#{case.case_id}", "CASE"), "is_open": _n(int(case.is_open))}
-    item.update({name: _value(name, getattr(case, name)) for name in _COLUMNS})
+    item.update({name: _value(name, getattr(case, name)) for name in CASE_FIELDS})
     actor = ((case.detection or {}).get("actor") or {}).get("arn")
     if actor:  # only cases with an actor appear in the by_actor index
         item["actor_arn"] = {"S": actor}
@@ -396,7 +392,7 @@ def _case_item(case: Case) -> dict:
 
 def _case_from_item(item: dict) -> Case:
     data: dict[str, Any] = {}
-    for name in _COLUMNS:
+    for name in CASE_FIELDS:
         raw = item.get(name)
         if raw is None:
             continue  # written before the field existed: the dataclass default applies
