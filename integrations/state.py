@@ -148,7 +148,7 @@ class StateStore(Protocol):
     def event_steps(self, event_id: str) -> frozenset[str]: ...
     def mark_event_step(self, event_id: str, step: str) -> None: ...
     def finish_event(self, event_id: str) -> None: ...
-    def record_decision(self, case_id: str, decision: str, by: str, allowed_statuses: Iterable[str],
+    def record_decision(self, case_id: str, decision: str, by: str, waiting_status: str,
                         job_kind: str, payload: dict | None = None) -> bool: ...
     def enqueue(self, kind: str, case_id: str, payload: dict | None = None) -> int: ...
     def claim_job(self, lease_seconds: float = 300.0, job_id: int | None = None) -> Job | None: ...
@@ -424,23 +424,22 @@ class SQLiteStateStore:
 
     # -- decisions and jobs
 
-    def record_decision(self, case_id: str, decision: str, by: str, allowed_statuses: Iterable[str],
+    def record_decision(self, case_id: str, decision: str, by: str, waiting_status: str,
                         job_kind: str, payload: dict | None = None) -> bool:
         """Conditionally record the case's one decision with the job that applies it.
 
-        True for the winner; False when the case was already decided or is not in one
-        of ``allowed_statuses``. Kept to three statements: it runs inside Slack's ack.
+        True for the winner; False when the case was already decided or is not in
+        ``waiting_status``. Kept to three statements: it runs inside Slack's ack.
         """
-        statuses = list(allowed_statuses)
         now = self.clock()
         with self._tx() as db:
-            row = db.execute(
-                f"UPDATE cases SET decision = ?, decision_by = ?, decision_at = ?, updated_at = ? "
-                f"WHERE case_id = ? AND decision = '' AND status IN ({', '.join('?' for _ in statuses)}) "
-                f"RETURNING status", (decision, by, now, now, case_id, *statuses)).fetchone()
-            if row is None:
+            updated = db.execute(
+                "UPDATE cases SET decision = ?, decision_by = ?, decision_at = ?, updated_at = ? "
+                "WHERE case_id = ? AND decision = '' AND status = ?",
+                (decision, by, now, now, case_id, waiting_status)).rowcount
+            if updated != 1:
                 return False
-            self._history(db, case_id, row[0], f"decision recorded: {decision} by {by}")
+            self._history(db, case_id, waiting_status, f"decision recorded: {decision} by {by}")
             self._enqueue(db, job_kind, case_id, payload)
         return True
 

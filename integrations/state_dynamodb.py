@@ -257,22 +257,18 @@ class DynamoDBStateStore:
 
     # -- decisions and jobs
 
-    def record_decision(self, case_id: str, decision: str, by: str, allowed_statuses: Iterable[str],
+    def record_decision(self, case_id: str, decision: str, by: str, waiting_status: str,
                         job_kind: str, payload: dict | None = None) -> bool:
         """Conditionally record the case's one decision with the job that applies it (one transaction)."""
-        statuses = list(allowed_statuses)
-        case = self.get_case(case_id)
-        if case is None or case.decision or case.status not in statuses:
-            return False
         now = self.clock()
         return self._transact(
             {"Update": {"Key": _key(f"CASE#{case_id}", "CASE"),
                         "UpdateExpression": "SET decision = :d, decision_by = :by, decision_at = :now, updated_at = :now",
-                        "ConditionExpression": "decision = :none AND #status = :status",
+                        "ConditionExpression": "attribute_exists(pk) AND decision = :none AND #status = :status",
                         "ExpressionAttributeNames": {"#status": "status"},
                         "ExpressionAttributeValues": {":d": {"S": decision}, ":by": {"S": by}, ":now": _n(now),
-                                                      ":none": {"S": ""}, ":status": {"S": case.status}}}},
-            self._history_item(case_id, case.status, f"decision recorded: {decision} by {by}"),
+                                                      ":none": {"S": ""}, ":status": {"S": waiting_status}}}},
+            self._history_item(case_id, waiting_status, f"decision recorded: {decision} by {by}"),
             {"Put": {"Item": self._job_item(job_kind, case_id, payload)}})
 
     def _job_item(self, kind: str, case_id: str, payload: dict | None) -> dict:

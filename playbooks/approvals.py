@@ -32,15 +32,15 @@ TIMEOUT_ACTOR = "timeout"
 @dataclass(frozen=True)
 class DecisionRule:
     decision: str
-    allowed_statuses: frozenset[str]
+    waiting_status: str  # the status in which the case waits for this decision
     final_status: str
     verb: str
 
 
 RULES = {
-    ActionId.REVOKE.value: DecisionRule("revoke", frozenset({"awaiting_approval"}), "revoked", "Revoked"),
-    ActionId.KEEP.value: DecisionRule("keep", frozenset({"awaiting_approval"}), "accepted", "Kept"),
-    ActionId.RESTORE.value: DecisionRule("restore", frozenset({"contained"}), "restored", "Restored"),
+    ActionId.REVOKE.value: DecisionRule("revoke", "awaiting_approval", "revoked", "Revoked"),
+    ActionId.KEEP.value: DecisionRule("keep", "awaiting_approval", "accepted", "Kept"),
+    ActionId.RESTORE.value: DecisionRule("restore", "contained", "restored", "Restored"),
 }
 RULE_BY_DECISION = {rule.decision: rule for rule in RULES.values()}
 
@@ -145,7 +145,7 @@ def handle_click(click: Click, config: Config, store: StateStore, approvers: App
         store.enqueue("notify_refusal", case.case_id, {**notice, "action": click.action_id, "reason": why})
         return ClickResult("refused", why)
     rule = RULES[click.action_id]
-    if not store.record_decision(case.case_id, rule.decision, click.user_id, rule.allowed_statuses,
+    if not store.record_decision(case.case_id, rule.decision, click.user_id, rule.waiting_status,
                                  "apply_decision", {"user_name": click.user_name}):
         case = store.get_case(case.case_id)
         already = (f"already decided by {case.decision_by}" if case.decision
@@ -273,7 +273,7 @@ def expire_due(config: Config, store: StateStore) -> list[str]:
                     scheduled.append(f"{case.case_id}: escalate")
                 continue
             rule = RULES[ActionId.REVOKE.value if on_timeout is OnTimeout.REVOKE else ActionId.KEEP.value]
-            if store.record_decision(case.case_id, rule.decision, TIMEOUT_ACTOR, rule.allowed_statuses,
+            if store.record_decision(case.case_id, rule.decision, TIMEOUT_ACTOR, rule.waiting_status,
                                      "apply_decision"):
                 scheduled.append(f"{case.case_id}: {rule.decision} (timeout)")
         elif config.approval.remind_after_seconds and age >= config.approval.remind_after_seconds and not case.reminded_at:

@@ -111,17 +111,17 @@ def test_one_case_per_event_and_its_steps(store):
 def test_the_first_decision_wins_and_brings_its_job(store):
     case, _ = store.open_case(a_case())
     store.update_case(case.case_id, status="awaiting_approval")
-    assert store.record_decision(case.case_id, "revoke", "U1", ["awaiting_approval"], "apply_decision",
+    assert store.record_decision(case.case_id, "revoke", "U1", "awaiting_approval", "apply_decision",
                                  {"decision": "revoke"})
-    assert not store.record_decision(case.case_id, "keep", "U2", ["awaiting_approval"], "apply_decision")
+    assert not store.record_decision(case.case_id, "keep", "U2", "awaiting_approval", "apply_decision")
     decided = store.get_case(case.case_id)
     assert (decided.decision, decided.decision_by) == ("revoke", "U1")
     assert [(job.kind, job.payload) for job, _ in store.pending_jobs()] == [("apply_decision", {"decision": "revoke"})]
     assert store.history(case.case_id)[-1].note == "decision recorded: revoke by U1"
 
     other, _ = store.open_case(a_case("account:999999999999"))
-    assert not store.record_decision(other.case_id, "revoke", "U1", ["awaiting_approval"], "apply_decision")
-    assert not store.record_decision("LG-MISSING", "revoke", "U1", ["awaiting_approval"], "apply_decision")
+    assert not store.record_decision(other.case_id, "revoke", "U1", "awaiting_approval", "apply_decision")
+    assert not store.record_decision("LG-MISSING", "revoke", "U1", "awaiting_approval", "apply_decision")
 
 
 def test_jobs_run_oldest_first_once_per_lease_and_retry_later(store, clock):
