@@ -177,7 +177,7 @@ def render_ticket(case_id: str, detection: Detection, classification: Classifica
     return TicketFields(
         summary=summary_line(detection, classification),
         description="\n\n".join(sections),
-        labels=("layerguard", classification.kind.value, "T1648", "T1578.005", case_label(case_id)),
+        labels=("layerguard", classification.kind.value, *MITRE, case_label(case_id)),
         priority=priorities[classification.severity],
     )
 

@@ -22,7 +22,6 @@ from typing import Any, Iterator, Mapping
 
 EVENT_NAME_PREFIX = "AddLayerVersionPermission"
 EVENT_SOURCE = "lambda.amazonaws.com"
-MAX_NESTING = 64
 
 
 class IntakeError(ValueError):
