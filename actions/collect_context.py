@@ -18,7 +18,7 @@ from actions.consumers import Consumer, FunctionInventory, consumers_of_layer, f
 from actions.related_activity import ActivityEvent, related_activity
 from actions.scan_layer import Limits, SecretScan, scan_layer_zip
 from integrations.aws import (AwsClients, LayerPolicy, download, get_layer_policy, get_layer_version,
-                              list_layer_versions, organization_account_ids)
+                              list_layer_versions)
 from playbooks.detection import Detection
 
 __all__ = ["Consumer", "consumers_of_layer", "LayerContext", "Investigator", "InvestigationSettings"]
@@ -73,7 +73,7 @@ class Investigator:
         accounts = [detection.layer_account_id, *self.settings.accounts]
         if self.settings.organization_accounts:
             try:
-                accounts += organization_account_ids(self.aws.client("organizations", "", "us-east-1"))
+                accounts += self.inventory.organization_accounts()
             except Exception as exc:
                 errors.append(f"organizations:ListAccounts failed ({type(exc).__name__}): only listed accounts scanned")
         return list(dict.fromkeys(accounts))

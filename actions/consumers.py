@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from integrations.aws import AwsClients, iter_function_configurations, list_aliases
+from integrations.aws import AwsClients, iter_function_configurations, list_aliases, organization_account_ids
 
 
 @dataclass(frozen=True)
@@ -55,32 +55,38 @@ def _account_of(arn: str) -> str:
 
 
 class FunctionInventory:
-    """Function configurations per (account, region), kept ``ttl_seconds``.
-
-    Concurrent requests for the same account and region wait for one scan.
-    """
+    """Function configurations per (account, region), and the organization's accounts,
+    kept ``ttl_seconds``. Concurrent requests for the same entry wait for one load."""
 
     def __init__(self, aws: AwsClients, ttl_seconds: float = 300.0, clock: Callable[[], float] = time.monotonic):
         self.aws = aws
         self.ttl = ttl_seconds
         self.clock = clock
-        self._entries: dict[tuple[str, str], tuple[float, list[dict]]] = {}
+        self._entries: dict[tuple[str, str], tuple[float, list]] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
         self.scans = 0
 
     def functions(self, account_id: str, region: str) -> list[dict]:
-        key = (account_id, region)
+        def scan() -> list[dict]:
+            self.scans += 1
+            return list(iter_function_configurations(self.aws.lambda_client(account_id, region)))
+        return self._kept((account_id, region), scan)
+
+    def organization_accounts(self) -> list[str]:
+        return self._kept(("organization", ""), lambda: organization_account_ids(
+            self.aws.client("organizations", "", "us-east-1")))
+
+    def _kept(self, key: tuple[str, str], load: Callable[[], list]) -> list:
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         with lock:
             entry = self._entries.get(key)
             if entry and self.clock() - entry[0] < self.ttl:
                 return entry[1]
-            functions = list(iter_function_configurations(self.aws.lambda_client(account_id, region)))
-            self._entries[key] = (self.clock(), functions)
-            self.scans += 1
-            return functions
+            value = load()
+            self._entries[key] = (self.clock(), value)
+            return value
 
 
 def find_consumers(inventory: FunctionInventory, accounts: list[str], region: str, layer_arn: str, version: int,

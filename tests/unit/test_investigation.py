@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import boto3
 import pytest
 from botocore.stub import ANY, Stubber
+from moto import mock_aws
 
 from actions.actor_profile import profile_actor, source_kind, tool_from_user_agent
 from actions.collect_context import InvestigationSettings, Investigator
@@ -111,6 +112,31 @@ def test_inventory_is_reused_within_its_ttl_and_scanned_once_under_a_burst():
     now[0] = 61
     inventory.functions(OWNER, REGION)
     assert inventory.scans == 2
+
+
+def test_organization_accounts_are_listed_once_for_a_burst_of_detections(monkeypatch):
+    """aws.accounts: organization. moto's Organizations holds the accounts; a burst of
+    detections lists them once, as it scans each account's functions once."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        organizations = boto3.client("organizations", region_name="us-east-1")
+        organizations.create_organization(FeatureSet="ALL")
+        member = organizations.create_account(AccountName="payments", Email="payments@example.com")
+        member_id = organizations.describe_create_account_status(
+            CreateAccountRequestId=member["CreateAccountStatus"]["Id"])["CreateAccountStatus"]["AccountId"]
+        listings = []
+        aws = AwsClients()
+        aws.client("organizations", "", "us-east-1").meta.events.register(
+            "provide-client-params.organizations.ListAccounts", lambda **_: listings.append(1))
+        investigator = Investigator(aws, InvestigationSettings(organization_accounts=True))
+        detection = detection_from_record(cloudtrail_record("utils", 1, "*", "pub"), "t")
+        for _ in range(5):
+            errors = []
+            accounts = investigator.accounts_for(detection, errors)
+            assert errors == [] and accounts[0] == detection.layer_account_id and member_id in accounts
+    assert len(listings) == 1
 
 
 def test_ten_thousand_functions_are_matched_in_one_pass():
